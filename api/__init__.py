@@ -1,0 +1,1 @@
+"""The interfaces: HTTP (Litestar), the `leadledger` CLI, and the composition root."""

@@ -1,0 +1,62 @@
+"""Settings: one typed object, read once from `LEADLEDGER_*` environment variables."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+import msgspec
+
+
+class Settings(msgspec.Struct, kw_only=True, frozen=True):
+    database_url: str | None = None
+    """PostgreSQL; None means embedded PostgreSQL under `data_dir`."""
+    nats_url: str | None = None
+    """NATS with JetStream; None means an embedded nats-server under `data_dir`."""
+    master_key: str | None = None
+    """Base64 of 32 bytes wrapping every subject key; embedded mode generates one."""
+    data_dir: Path = Path(".leadledger")
+    host: str = "127.0.0.1"
+    port: int = 8000
+    stream: str = "LEADLEDGER"
+    """The JetStream stream that carries the ledger."""
+    subject_prefix: str = "leadledger"
+    stream_max_age_days: float = 7.0
+    """How long NATS keeps ledger messages; consumers further behind catch up from the ledger."""
+    duplicate_window_s: float = 600.0
+    log_format: str = "auto"  # auto (console on a terminal), json, console
+    log_level: str = "info"
+    pool_max_size: int = 16
+
+
+_ENV = {
+    "database_url": "LEADLEDGER_DATABASE_URL",
+    "nats_url": "LEADLEDGER_NATS_URL",
+    "master_key": "LEADLEDGER_MASTER_KEY",
+    "data_dir": "LEADLEDGER_DATA_DIR",
+    "host": "LEADLEDGER_HOST",
+    "port": "LEADLEDGER_PORT",
+    "stream": "LEADLEDGER_STREAM",
+    "subject_prefix": "LEADLEDGER_SUBJECT_PREFIX",
+    "stream_max_age_days": "LEADLEDGER_STREAM_MAX_AGE_DAYS",
+    "duplicate_window_s": "LEADLEDGER_DUPLICATE_WINDOW_S",
+    "log_format": "LEADLEDGER_LOG_FORMAT",
+    "log_level": "LEADLEDGER_LOG_LEVEL",
+    "pool_max_size": "LEADLEDGER_POOL_MAX_SIZE",
+}
+
+
+class SettingsError(ValueError):
+    pass
+
+
+def load_settings(env: Mapping[str, str] | None = None, **overrides: object) -> Settings:
+    """Reads the environment once; explicit overrides (CLI flags) win."""
+    env = os.environ if env is None else env
+    raw: dict[str, object] = {f: env[v] for f, v in _ENV.items() if env.get(v)}
+    raw.update({k: v for k, v in overrides.items() if v is not None})
+    try:
+        return msgspec.convert(raw, Settings, strict=False)
+    except msgspec.ValidationError as exc:
+        raise SettingsError(f"invalid setting: {exc}") from None

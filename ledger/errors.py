@@ -1,0 +1,51 @@
+"""Typed errors of the write side. Each carries a stable `code` the API maps to a problem type."""
+
+from __future__ import annotations
+
+
+class LedgerError(Exception):
+    code = "ledger-error"
+
+
+class ConcurrencyError(LedgerError):
+    """The stream moved on since the caller read it."""
+
+    code = "version-conflict"
+
+    def __init__(self, stream_id: str, expected: int | None, current: int) -> None:
+        super().__init__(f"stream {stream_id} is at version {current}, expected {expected}")
+        self.stream_id = stream_id
+        self.expected = expected
+        self.current = current
+
+
+class DomainError(LedgerError):
+    """A command the lead refuses; nothing is appended."""
+
+    code = "invalid-command"
+
+
+class LeadNotFound(DomainError):
+    code = "not-found"
+
+
+class LeadAlreadyExists(DomainError):
+    code = "already-exists"
+
+
+class LeadGone(DomainError):
+    """The lead was erased or merged away; its stream takes no more changes."""
+
+    code = "gone"
+
+
+class LeadArchivedError(DomainError):
+    code = "archived"
+
+
+class InvalidValue(DomainError):
+    code = "invalid-value"
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field

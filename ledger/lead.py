@@ -1,0 +1,245 @@
+"""The lead's decision logic: `decide(state, command) -> events` and `evolve(state, event)`.
+
+Pure functions over plain data: no I/O, no clock, no randomness (ids come in on the command).
+The lead's invariants live here and nowhere else:
+  * a lead is created once; every other command needs an existing lead;
+  * an erased or merged lead takes no further change (erasure of a merged lead is allowed);
+  * an archived lead takes only restore, merge and erase;
+  * stages come from the lifecycle vocabulary; tags are short lowercase tokens;
+  * a command that changes nothing produces no event.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import assert_never
+
+import msgspec
+from msgspec import UNSET
+
+from ledger.errors import (
+    InvalidValue,
+    LeadAlreadyExists,
+    LeadArchivedError,
+    LeadGone,
+    LeadNotFound,
+)
+from schema.commands import (
+    AddNote,
+    ArchiveLead,
+    AssignOwner,
+    ChangeLeadFields,
+    ChangeStage,
+    CreateLead,
+    EraseLead,
+    LeadCommand,
+    MarkMergedInto,
+    RestoreLead,
+    TagLead,
+    UntagLead,
+)
+from schema.events import (
+    FIELD_NAMES,
+    Event,
+    LeadArchived,
+    LeadCreated,
+    LeadErased,
+    LeadEvent,
+    LeadFields,
+    LeadFieldsChanged,
+    LeadMergedInto,
+    LeadNoteAdded,
+    LeadOwnerAssigned,
+    LeadRestored,
+    LeadStageChanged,
+    LeadTagged,
+    LeadUntagged,
+)
+from schema.vocabularies import LIFECYCLE_STAGES
+
+TAG_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_:.\-]{0,63}$")
+MAX_TAGS = 100
+MAX_NOTE_LENGTH = 10_000
+
+ACTIVE, ARCHIVED, MERGED, ERASED = "active", "archived", "merged", "erased"
+
+
+class LeadState(msgspec.Struct, frozen=True, kw_only=True):
+    lead_id: str | None = None
+    version: int = 0
+    status: str | None = None  # None until created
+    fields: LeadFields = LeadFields()
+    stage: str | None = None
+    owner: str | None = None
+    tags: tuple[str, ...] = ()
+    notes_count: int = 0
+    merged_into: str | None = None
+
+
+INITIAL = LeadState()
+
+
+def evolve(state: LeadState, event: Event) -> LeadState:
+    """Folds one event into the state. Events are facts: evolve never refuses one."""
+    version = state.version + 1
+    match event:
+        case LeadCreated():
+            fields = msgspec.structs.replace(
+                LeadFields(), **{n: _given(getattr(event.fields, n)) for n in FIELD_NAMES}
+            )
+            return LeadState(
+                lead_id=event.lead_id, version=version, status=ACTIVE, fields=fields,
+                stage=event.stage, owner=event.owner, tags=tuple(event.tags),
+            )
+        case LeadFieldsChanged():
+            return msgspec.structs.replace(
+                state, version=version, fields=apply_changes(state.fields, event.changes)
+            )
+        case LeadTagged():
+            return msgspec.structs.replace(state, version=version, tags=(*state.tags, event.tag))
+        case LeadUntagged():
+            tags = tuple(t for t in state.tags if t != event.tag)
+            return msgspec.structs.replace(state, version=version, tags=tags)
+        case LeadNoteAdded():
+            return msgspec.structs.replace(
+                state, version=version, notes_count=state.notes_count + 1
+            )
+        case LeadStageChanged():
+            return msgspec.structs.replace(state, version=version, stage=event.stage)
+        case LeadOwnerAssigned():
+            return msgspec.structs.replace(state, version=version, owner=event.owner)
+        case LeadArchived():
+            return msgspec.structs.replace(state, version=version, status=ARCHIVED)
+        case LeadRestored():
+            return msgspec.structs.replace(state, version=version, status=ACTIVE)
+        case LeadMergedInto():
+            return msgspec.structs.replace(
+                state, version=version, status=MERGED, merged_into=event.survivor_id
+            )
+        case LeadErased():
+            return LeadState(lead_id=state.lead_id, version=version, status=ERASED)
+        case _:
+            raise TypeError(f"not a lead event: {type(event).__name__}")
+
+
+def fold(events: list[Event], state: LeadState = INITIAL) -> LeadState:
+    for event in events:
+        state = evolve(state, event)
+    return state
+
+
+def decide(state: LeadState, command: LeadCommand) -> list[LeadEvent]:
+    """The events a command produces on this lead, or a DomainError. Never any I/O."""
+    if isinstance(command, CreateLead):
+        return _create(state, command)
+    _require_live(state, command)
+    match command:
+        case ChangeLeadFields():
+            changes = _diff(state.fields, command.changes)
+            return [LeadFieldsChanged(changes=changes)] if changes != LeadFields() else []
+        case TagLead():
+            tag = _valid_tag(command.tag)
+            if tag in state.tags:
+                return []
+            if len(state.tags) >= MAX_TAGS:
+                raise InvalidValue("tags", f"a lead has at most {MAX_TAGS} tags")
+            return [LeadTagged(tag=tag)]
+        case UntagLead():
+            return [LeadUntagged(tag=command.tag)] if command.tag in state.tags else []
+        case AddNote():
+            return [LeadNoteAdded(note_id=command.note_id, text=_valid_note(command.text))]
+        case ChangeStage():
+            stage = _valid_stage(command.stage)
+            if stage == state.stage:
+                return []
+            return [LeadStageChanged(stage=stage, previous=state.stage or "")]
+        case AssignOwner():
+            if command.owner == state.owner:
+                return []
+            return [LeadOwnerAssigned(owner=command.owner, previous=state.owner)]
+        case ArchiveLead():
+            return [LeadArchived()] if state.status == ACTIVE else []
+        case RestoreLead():
+            return [LeadRestored()] if state.status == ARCHIVED else []
+        case MarkMergedInto():
+            if command.survivor_id == state.lead_id:
+                raise InvalidValue("survivor_id", "a lead cannot be merged into itself")
+            return [LeadMergedInto(survivor_id=command.survivor_id)]
+        case EraseLead():
+            return [LeadErased()]
+        case _:
+            assert_never(command)
+
+
+def _create(state: LeadState, command: CreateLead) -> list[LeadEvent]:
+    if state.status is not None:
+        raise LeadAlreadyExists(f"lead {command.lead_id} already exists")
+    tags = tuple(dict.fromkeys(_valid_tag(t) for t in command.tags))
+    if len(tags) > MAX_TAGS:
+        raise InvalidValue("tags", f"a lead has at most {MAX_TAGS} tags")
+    fields = msgspec.structs.replace(
+        LeadFields(), **{n: v for n in FIELD_NAMES if (v := _given(getattr(command.fields, n)))}
+    )
+    return [
+        LeadCreated(
+            lead_id=command.lead_id, fields=fields, stage=_valid_stage(command.stage),
+            owner=command.owner, tags=tags,
+        )
+    ]
+
+
+def _require_live(state: LeadState, command: LeadCommand) -> None:
+    if state.status is None:
+        raise LeadNotFound("lead not found")
+    if state.status == ERASED:
+        raise LeadGone(f"lead {state.lead_id} was erased")
+    if state.status == MERGED and not isinstance(command, EraseLead):
+        raise LeadGone(f"lead {state.lead_id} was merged into {state.merged_into}")
+    allowed_when_archived = (RestoreLead, ArchiveLead, MarkMergedInto, EraseLead)
+    if state.status == ARCHIVED and not isinstance(command, allowed_when_archived):
+        raise LeadArchivedError(f"lead {state.lead_id} is archived; restore it first")
+
+
+def apply_changes(fields: LeadFields, changes: LeadFields) -> LeadFields:
+    given = {n: v for n in FIELD_NAMES if (v := getattr(changes, n)) is not UNSET}
+    return msgspec.structs.replace(fields, **given) if given else fields
+
+
+def _diff(fields: LeadFields, changes: LeadFields) -> LeadFields:
+    """Only the fields whose value actually changes."""
+    changed = {}
+    for name in FIELD_NAMES:
+        new = getattr(changes, name)
+        if new is UNSET:
+            continue
+        if new == "":
+            new = None
+        if new != _given(getattr(fields, name)):
+            changed[name] = new
+    return LeadFields(**changed)
+
+
+def _given(value: object) -> object:
+    return None if value is UNSET or value == "" else value
+
+
+def _valid_stage(stage: str) -> str:
+    if stage not in LIFECYCLE_STAGES:
+        raise InvalidValue("stage", f"{stage!r} is not one of {', '.join(LIFECYCLE_STAGES)}")
+    return stage
+
+
+def _valid_tag(tag: str) -> str:
+    if not TAG_PATTERN.match(tag):
+        raise InvalidValue(
+            "tag", f"{tag!r} must be 1-64 lowercase letters, digits or _:.- (starting alnum)"
+        )
+    return tag
+
+
+def _valid_note(text: str) -> str:
+    if not text.strip():
+        raise InvalidValue("text", "a note cannot be empty")
+    if len(text) > MAX_NOTE_LENGTH:
+        raise InvalidValue("text", f"a note is at most {MAX_NOTE_LENGTH} characters")
+    return text

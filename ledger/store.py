@@ -1,0 +1,306 @@
+"""The event store: idempotent, optimistic appends and gap-safe reads of the global log.
+
+All SQL against `events`, `streams` and `subject_keys` lives here. Appends are one call of the
+`ledger_append` function (one round trip); the database refuses any UPDATE or DELETE of events.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from datetime import datetime
+
+import msgspec
+import psycopg
+from psycopg_pool import AsyncConnectionPool
+
+from ledger.crypto import DataKey, Keyring
+from ledger.errors import ConcurrencyError
+from ledger.mapper import event_aad, from_stored, to_stored
+from schema.events import Event
+from schema.metadata import EventMetadata
+from schema.positions import LogPosition
+from schema.registry import DEFAULT_REGISTRY, EventRegistry
+
+_encode = msgspec.json.Encoder().encode
+_decode_metadata = msgspec.json.Decoder(EventMetadata).decode
+
+
+class NewEvent(msgspec.Struct, frozen=True):
+    event: Event
+    event_id: str = msgspec.field(default_factory=lambda: str(uuid.uuid4()))
+
+
+class StreamAppend(msgspec.Struct, frozen=True):
+    stream_id: str
+    expected_version: int | None
+    events: Sequence[NewEvent]
+    key: DataKey | None = None
+    stream_type: str = "lead"
+
+
+class AppendResult(msgspec.Struct, frozen=True):
+    stream_id: str
+    version: int
+    """The stream's version after the append."""
+    positions: list[LogPosition]
+
+    @property
+    def last(self) -> LogPosition:
+        return self.positions[-1]
+
+
+class RecordedEvent(msgspec.Struct, frozen=True):
+    position: int
+    transaction_id: int
+    event_id: str
+    workspace: str
+    stream_id: str
+    version: int
+    event: Event
+    metadata: EventMetadata
+    recorded_at: datetime
+    redacted: bool = False
+
+    @property
+    def log_position(self) -> LogPosition:
+        return LogPosition(self.transaction_id, self.position)
+
+
+class Stream(msgspec.Struct, frozen=True):
+    stream_id: str
+    version: int
+    events: list[RecordedEvent]
+    key: DataKey | None
+
+
+_APPEND = """
+SELECT event_position, event_transaction_id, event_version
+FROM ledger_append(%s, %s, %s, %s, %s::uuid[], %s::text[], %s::smallint[], %s::bytea[],
+                   %s::bytea[], %s::jsonb, %s::bytea)
+"""
+
+_COLUMNS = """
+e.position, e.transaction_id, e.event_id::text, e.workspace, e.stream_id, e.version,
+e.event_type, e.schema_version, e.data, e.personal, e.metadata::text, e.recorded_at,
+k.wrapped_key
+"""
+
+_READ_STREAM = f"""
+SELECT {_COLUMNS}
+FROM events e
+LEFT JOIN subject_keys k ON k.workspace = e.workspace AND k.subject_id = e.stream_id
+WHERE e.workspace = %s AND e.stream_id = %s AND e.version > %s
+ORDER BY e.version
+"""
+
+# Gap-safe read of the global log. Positions are assigned when a row is inserted but become
+# visible only at commit, so a reader ordering by position alone could pass a slow transaction's
+# rows before they commit and never see them. Reading only rows whose transaction is older than
+# the oldest transaction still running (the snapshot's xmin), ordered by (transaction id,
+# position), means nothing can ever commit behind the reader.
+_READ_ALL = f"""
+SELECT {_COLUMNS}
+FROM events e
+LEFT JOIN subject_keys k ON k.workspace = e.workspace AND k.subject_id = e.stream_id
+WHERE (e.transaction_id, e.position) > (%s, %s)
+  AND e.transaction_id < pg_snapshot_xmin(pg_current_snapshot())::text::bigint
+ORDER BY e.transaction_id, e.position
+LIMIT %s
+"""
+
+_READ_ALL_WORKSPACE = f"""
+SELECT {_COLUMNS}
+FROM events e
+LEFT JOIN subject_keys k ON k.workspace = e.workspace AND k.subject_id = e.stream_id
+WHERE e.workspace = %s
+  AND (e.transaction_id, e.position) > (%s, %s)
+  AND e.transaction_id < pg_snapshot_xmin(pg_current_snapshot())::text::bigint
+ORDER BY e.transaction_id, e.position
+LIMIT %s
+"""
+
+_HEAD = "SELECT coalesce(max(position), 0) FROM events"
+
+_HORIZON = """
+SELECT e.transaction_id, e.position FROM events e
+WHERE e.transaction_id < pg_snapshot_xmin(pg_current_snapshot())::text::bigint
+ORDER BY e.transaction_id DESC, e.position DESC
+LIMIT 1
+"""
+
+_KEY = "SELECT wrapped_key FROM subject_keys WHERE workspace = %s AND subject_id = %s"
+_DESTROY_KEY = "DELETE FROM subject_keys WHERE workspace = %s AND subject_id = %s"
+
+
+class EventStore:
+    def __init__(
+        self, pool: AsyncConnectionPool, keyring: Keyring, registry: EventRegistry = DEFAULT_REGISTRY
+    ) -> None:
+        self.pool = pool
+        self.keyring = keyring
+        self.registry = registry
+
+    # -- writing ---------------------------------------------------------------------------
+
+    async def append(
+        self,
+        workspace: str,
+        stream_id: str,
+        expected_version: int | None,
+        events: Sequence[NewEvent],
+        metadata: EventMetadata,
+        *,
+        key: DataKey | None = None,
+        stream_type: str = "lead",
+        conn: psycopg.AsyncConnection | None = None,
+    ) -> AppendResult:
+        """Appends to one stream. With `conn`, runs inside the caller's transaction."""
+        spec = StreamAppend(stream_id, expected_version, events, key, stream_type)
+        if conn is not None:
+            return await self._append(conn, workspace, spec, metadata)
+        async with self.pool.connection() as own:
+            return await self._append(own, workspace, spec, metadata)
+
+    async def append_many(
+        self, workspace: str, appends: Sequence[StreamAppend], metadata: EventMetadata
+    ) -> list[AppendResult]:
+        """Appends to several streams atomically: all of them or none."""
+        async with self.pool.connection() as conn, conn.transaction():
+            return [await self._append(conn, workspace, spec, metadata) for spec in appends]
+
+    async def _append(
+        self,
+        conn: psycopg.AsyncConnection,
+        workspace: str,
+        spec: StreamAppend,
+        metadata: EventMetadata,
+    ) -> AppendResult:
+        if not spec.events:
+            raise ValueError("an append needs at least one event")
+        key = spec.key
+        if key is None and any(e.event.personal for e in spec.events):
+            key = await self._key_for_write(conn, workspace, spec.stream_id, spec.expected_version)
+        ids, types, versions, data, personal = [], [], [], [], []
+        for new in spec.events:
+            stored = to_stored(new.event, key, event_aad(workspace, spec.stream_id, new.event_id))
+            ids.append(new.event_id)
+            types.append(stored.event_type)
+            versions.append(stored.schema_version)
+            data.append(stored.data)
+            personal.append(stored.personal)
+        new_key = key.wrapped if key is not None and key.is_new else None
+        params = (
+            workspace, spec.stream_id, spec.stream_type, spec.expected_version,
+            ids, types, versions, data, personal, _encode(metadata).decode(), new_key,
+        )
+        try:
+            cur = await conn.execute(_APPEND, params)
+            rows = await cur.fetchall()
+        except psycopg.Error as exc:
+            if exc.sqlstate == "LL409":
+                current = int(exc.diag.message_detail or 0)
+                raise ConcurrencyError(spec.stream_id, spec.expected_version, current) from None
+            raise
+        return AppendResult(
+            stream_id=spec.stream_id,
+            version=rows[-1][2],
+            positions=[LogPosition(tx, pos) for pos, tx, _ in rows],
+        )
+
+    async def _key_for_write(
+        self, conn: psycopg.AsyncConnection, workspace: str, stream_id: str, expected: int | None
+    ) -> DataKey:
+        if expected != 0:
+            cur = await conn.execute(_KEY, (workspace, stream_id))
+            row = await cur.fetchone()
+            if row is not None:
+                return self.keyring.unwrap(workspace, stream_id, row[0])
+        return self.keyring.new_key(workspace, stream_id)
+
+    async def destroy_key(
+        self, workspace: str, subject_id: str, *, conn: psycopg.AsyncConnection | None = None
+    ) -> bool:
+        """Crypto-shreds a subject: every personal field of its events becomes unreadable."""
+        if conn is not None:
+            cur = await conn.execute(_DESTROY_KEY, (workspace, subject_id))
+            return cur.rowcount > 0
+        async with self.pool.connection() as own:
+            cur = await own.execute(_DESTROY_KEY, (workspace, subject_id))
+            return cur.rowcount > 0
+
+    # -- reading ---------------------------------------------------------------------------
+
+    async def read_stream(
+        self, workspace: str, stream_id: str, after_version: int = 0
+    ) -> Stream:
+        async with self.pool.connection() as conn:
+            cur = await conn.execute(_READ_STREAM, (workspace, stream_id, after_version), binary=True)
+            rows = await cur.fetchall()
+            key = None
+            if rows and rows[0][12] is not None:
+                key = self.keyring.unwrap(workspace, stream_id, rows[0][12])
+            elif not rows:
+                cur = await conn.execute(_KEY, (workspace, stream_id))
+                row = await cur.fetchone()
+                key = self.keyring.unwrap(workspace, stream_id, row[0]) if row else None
+        events = [self._record(row) for row in rows]
+        return Stream(stream_id, events[-1].version if events else after_version, events, key)
+
+    async def read_all(
+        self,
+        after: LogPosition,
+        limit: int = 1000,
+        *,
+        workspace: str | None = None,
+        conn: psycopg.AsyncConnection | None = None,
+    ) -> list[RecordedEvent]:
+        """The next events of the global log after `after`, gap-safe (see _READ_ALL)."""
+        if workspace is None:
+            query, params = _READ_ALL, (after.transaction_id, after.position, limit)
+        else:
+            query = _READ_ALL_WORKSPACE
+            params = (workspace, after.transaction_id, after.position, limit)
+        if conn is not None:
+            cur = await conn.execute(query, params, binary=True)
+            rows = await cur.fetchall()
+        else:
+            async with self.pool.connection() as own:
+                cur = await own.execute(query, params, binary=True)
+                rows = await cur.fetchall()
+        return [self._record(row) for row in rows]
+
+    async def head(self) -> int:
+        """The highest position written (committed or not yet visible to gap-safe readers)."""
+        async with self.pool.connection() as conn:
+            cur = await conn.execute(_HEAD)
+            row = await cur.fetchone()
+        return row[0] if row else 0
+
+    async def horizon(self) -> LogPosition:
+        """The last event a gap-safe reader can see now."""
+        async with self.pool.connection() as conn:
+            cur = await conn.execute(_HORIZON)
+            row = await cur.fetchone()
+        return LogPosition(row[0], row[1]) if row else LogPosition()
+
+    def _record(self, row: tuple) -> RecordedEvent:
+        (position, tx, event_id, workspace, stream_id, version, event_type, schema_version,
+         data, personal, metadata, recorded_at, wrapped) = row
+        key = self.keyring.unwrap(workspace, stream_id, wrapped) if wrapped is not None else None
+        event, redacted = from_stored(
+            event_type, schema_version, data, personal, key,
+            event_aad(workspace, stream_id, event_id), self.registry,
+        )
+        return RecordedEvent(
+            position=position,
+            transaction_id=tx,
+            event_id=event_id,
+            workspace=workspace,
+            stream_id=stream_id,
+            version=version,
+            event=event,
+            metadata=_decode_metadata(metadata),
+            recorded_at=recorded_at,
+            redacted=redacted,
+        )

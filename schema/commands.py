@@ -1,0 +1,71 @@
+"""Commands on a lead: imperative requests that the lead's decider accepts or refuses."""
+
+from __future__ import annotations
+
+import msgspec
+
+from schema.events import LeadFields
+
+
+class CreateLead(msgspec.Struct, kw_only=True, frozen=True):
+    lead_id: str
+    fields: LeadFields
+    stage: str
+    owner: str | None = None
+    tags: tuple[str, ...] = ()
+
+
+class ChangeLeadFields(msgspec.Struct, kw_only=True, frozen=True):
+    changes: LeadFields
+
+
+class TagLead(msgspec.Struct, kw_only=True, frozen=True):
+    tag: str
+
+
+class UntagLead(msgspec.Struct, kw_only=True, frozen=True):
+    tag: str
+
+
+class AddNote(msgspec.Struct, kw_only=True, frozen=True):
+    note_id: str
+    text: str
+
+
+class ChangeStage(msgspec.Struct, kw_only=True, frozen=True):
+    stage: str
+
+
+class AssignOwner(msgspec.Struct, kw_only=True, frozen=True):
+    owner: str | None
+
+
+class ArchiveLead(msgspec.Struct, kw_only=True, frozen=True):
+    pass
+
+
+class RestoreLead(msgspec.Struct, kw_only=True, frozen=True):
+    pass
+
+
+class MarkMergedInto(msgspec.Struct, kw_only=True, frozen=True):
+    survivor_id: str
+
+
+class EraseLead(msgspec.Struct, kw_only=True, frozen=True):
+    pass
+
+
+LeadCommand = (
+    CreateLead
+    | ChangeLeadFields
+    | TagLead
+    | UntagLead
+    | AddNote
+    | ChangeStage
+    | AssignOwner
+    | ArchiveLead
+    | RestoreLead
+    | MarkMergedInto
+    | EraseLead
+)

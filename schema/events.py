@@ -1,0 +1,155 @@
+"""Every event of the lead lifecycle, versioned, as msgspec Structs.
+
+An event names itself (`event_type`, `schema_version`) and the dotted paths of its personal
+fields (`personal`), which the ledger encrypts before anything is written. Events are facts in
+the past tense; they carry only what changed, never derived state.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import msgspec
+from msgspec import UNSET, UnsetType
+
+PERSONAL_FIELDS: tuple[str, ...] = (
+    "first_name",
+    "last_name",
+    "email",
+    "phone",
+    "address",
+    "ip_address",
+)
+"""Standard lead fields that identify a person; encrypted in the ledger, erased on request."""
+
+
+class LeadFields(
+    msgspec.Struct, kw_only=True, frozen=True, omit_defaults=True, forbid_unknown_fields=True
+):
+    """The lead's descriptive fields. UNSET means "not given" (create) or "unchanged" (change);
+    None means "cleared"."""
+
+    first_name: str | None | UnsetType = UNSET
+    last_name: str | None | UnsetType = UNSET
+    email: str | None | UnsetType = UNSET
+    phone: str | None | UnsetType = UNSET
+    company: str | None | UnsetType = UNSET
+    title: str | None | UnsetType = UNSET
+    website: str | None | UnsetType = UNSET
+    country: str | None | UnsetType = UNSET
+    city: str | None | UnsetType = UNSET
+    address: str | None | UnsetType = UNSET
+    ip_address: str | None | UnsetType = UNSET
+    source: str | None | UnsetType = UNSET
+    external_id: str | None | UnsetType = UNSET
+
+
+FIELD_NAMES: tuple[str, ...] = LeadFields.__struct_fields__
+
+
+def _personal_paths(prefix: str) -> tuple[str, ...]:
+    return tuple(f"{prefix}.{name}" for name in PERSONAL_FIELDS)
+
+
+class Event(msgspec.Struct, kw_only=True, frozen=True):
+    """Base of every ledger event."""
+
+    event_type: ClassVar[str]
+    schema_version: ClassVar[int] = 1
+    personal: ClassVar[tuple[str, ...]] = ()
+
+
+class LeadCreated(Event, frozen=True):
+    event_type: ClassVar[str] = "LeadCreated"
+    personal: ClassVar[tuple[str, ...]] = _personal_paths("fields")
+
+    lead_id: str
+    fields: LeadFields
+    stage: str
+    owner: str | None = None
+    tags: tuple[str, ...] = ()
+
+
+class LeadFieldsChanged(Event, frozen=True):
+    event_type: ClassVar[str] = "LeadFieldsChanged"
+    personal: ClassVar[tuple[str, ...]] = _personal_paths("changes")
+
+    changes: LeadFields
+
+
+class LeadTagged(Event, frozen=True):
+    event_type: ClassVar[str] = "LeadTagged"
+    tag: str
+
+
+class LeadUntagged(Event, frozen=True):
+    event_type: ClassVar[str] = "LeadUntagged"
+    tag: str
+
+
+class LeadNoteAdded(Event, frozen=True):
+    event_type: ClassVar[str] = "LeadNoteAdded"
+    personal: ClassVar[tuple[str, ...]] = ("text",)
+
+    note_id: str
+    text: str
+
+
+class LeadStageChanged(Event, frozen=True):
+    event_type: ClassVar[str] = "LeadStageChanged"
+    stage: str
+    previous: str
+
+
+class LeadOwnerAssigned(Event, frozen=True):
+    event_type: ClassVar[str] = "LeadOwnerAssigned"
+    owner: str | None
+    previous: str | None = None
+
+
+class LeadArchived(Event, frozen=True):
+    event_type: ClassVar[str] = "LeadArchived"
+
+
+class LeadRestored(Event, frozen=True):
+    event_type: ClassVar[str] = "LeadRestored"
+
+
+class LeadMergedInto(Event, frozen=True):
+    event_type: ClassVar[str] = "LeadMergedInto"
+    survivor_id: str
+
+
+class LeadErased(Event, frozen=True):
+    """Tombstone: the person asked to be forgotten. Carries no personal data by design."""
+
+    event_type: ClassVar[str] = "LeadErased"
+
+
+LeadEvent = (
+    LeadCreated
+    | LeadFieldsChanged
+    | LeadTagged
+    | LeadUntagged
+    | LeadNoteAdded
+    | LeadStageChanged
+    | LeadOwnerAssigned
+    | LeadArchived
+    | LeadRestored
+    | LeadMergedInto
+    | LeadErased
+)
+
+LEAD_EVENT_TYPES: tuple[type[Event], ...] = (
+    LeadCreated,
+    LeadFieldsChanged,
+    LeadTagged,
+    LeadUntagged,
+    LeadNoteAdded,
+    LeadStageChanged,
+    LeadOwnerAssigned,
+    LeadArchived,
+    LeadRestored,
+    LeadMergedInto,
+    LeadErased,
+)
