@@ -1,0 +1,53 @@
+"""The composition root: builds pools, keyring, store and clients from Settings, once.
+
+Nothing opens a socket at import time; `open_runtime` does it, and `Runtime.close` undoes it.
+Interfaces (HTTP app, CLI, workers) receive a Runtime and never build their own connections.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from psycopg_pool import AsyncConnectionPool
+
+from api.settings import Settings
+from ledger.crypto import Keyring, parse_master_key
+from ledger.database import open_pool
+from ledger.lead_commands import LeadCommands
+from ledger.migrations import migrate
+from ledger.store import EventStore
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    database_url: str
+    nats_url: str
+    pool: AsyncConnectionPool
+    keyring: Keyring
+    store: EventStore
+    commands: LeadCommands
+
+    async def close(self) -> None:
+        await self.pool.close()
+
+
+async def open_runtime(
+    settings: Settings, database_url: str, nats_url: str, master_key: str, *, migrate_first: bool = True
+) -> Runtime:
+    """`database_url`, `nats_url` and `master_key` are resolved by the caller (external
+    settings, or the embedded servers' addresses and key file)."""
+    if migrate_first:
+        await migrate(database_url)
+    pool = await open_pool(database_url, max_size=settings.pool_max_size)
+    keyring = Keyring(parse_master_key(master_key))
+    store = EventStore(pool, keyring)
+    return Runtime(
+        settings=settings,
+        database_url=database_url,
+        nats_url=nats_url,
+        pool=pool,
+        keyring=keyring,
+        store=store,
+        commands=LeadCommands(store),
+    )
