@@ -1,0 +1,221 @@
+"""The lead's decider: given events, when a command, then events (or an error). No I/O."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from msgspec import UNSET
+
+from ledger.errors import (
+    DomainError,
+    InvalidValue,
+    LeadAlreadyExists,
+    LeadArchivedError,
+    LeadGone,
+    LeadNotFound,
+)
+from ledger.lead import ACTIVE, ARCHIVED, ERASED, INITIAL, MERGED, TAG_PATTERN, decide, fold
+from schema.commands import (
+    AddNote,
+    ArchiveLead,
+    AssignOwner,
+    ChangeLeadFields,
+    ChangeStage,
+    CreateLead,
+    EraseLead,
+    MarkMergedInto,
+    RestoreLead,
+    TagLead,
+    UntagLead,
+)
+from schema.events import (
+    FIELD_NAMES,
+    PERSONAL_FIELDS,
+    LeadArchived,
+    LeadCreated,
+    LeadErased,
+    LeadFields,
+    LeadFieldsChanged,
+    LeadOwnerAssigned,
+    LeadStageChanged,
+    LeadTagged,
+)
+from schema.vocabularies import LIFECYCLE_STAGES
+
+CREATED = LeadCreated(
+    lead_id="L1", fields=LeadFields(email="ada@example.com", company="Acme"), stage="lead",
+    tags=("vip",),
+)
+
+
+def then(given_events, command):
+    return decide(fold(given_events), command)
+
+
+# -- given / when / then ------------------------------------------------------------------
+
+def test_create_new_lead():
+    cmd = CreateLead(lead_id="L1", fields=LeadFields(email="ada@example.com", company="Acme"),
+                     stage="lead", tags=("vip", "vip"))
+    assert then([], cmd) == [CREATED]
+
+
+def test_create_twice_is_refused():
+    with pytest.raises(LeadAlreadyExists):
+        then([CREATED], CreateLead(lead_id="L1", fields=LeadFields(), stage="lead"))
+
+
+def test_commands_on_missing_lead_are_refused():
+    with pytest.raises(LeadNotFound):
+        then([], TagLead(tag="x"))
+
+
+def test_change_only_emits_what_changed():
+    events = then([CREATED], ChangeLeadFields(changes=LeadFields(company="Acme", title="CTO")))
+    assert events == [LeadFieldsChanged(changes=LeadFields(title="CTO"))]
+
+
+def test_change_that_changes_nothing_emits_nothing():
+    assert then([CREATED], ChangeLeadFields(changes=LeadFields(company="Acme"))) == []
+
+
+def test_clearing_a_field_is_a_change():
+    events = then([CREATED], ChangeLeadFields(changes=LeadFields(email=None)))
+    assert events == [LeadFieldsChanged(changes=LeadFields(email=None))]
+    assert fold([CREATED, *events]).fields.email is None
+
+
+def test_stage_change_records_previous():
+    assert then([CREATED], ChangeStage(stage="mql")) == [
+        LeadStageChanged(stage="mql", previous="lead")
+    ]
+
+
+def test_unknown_stage_is_refused_with_the_allowed_values():
+    with pytest.raises(InvalidValue, match="mql"):
+        then([CREATED], ChangeStage(stage="hot"))
+
+
+def test_owner_assignment_records_previous():
+    events = then([CREATED, LeadOwnerAssigned(owner="sam")], AssignOwner(owner="kim"))
+    assert events == [LeadOwnerAssigned(owner="kim", previous="sam")]
+
+
+def test_tag_already_present_is_a_no_op_and_bad_tags_are_refused():
+    assert then([CREATED], TagLead(tag="vip")) == []
+    with pytest.raises(InvalidValue):
+        then([CREATED], TagLead(tag="Not A Tag"))
+
+
+def test_archived_lead_takes_only_restore_merge_erase():
+    given_events = [CREATED, LeadArchived()]
+    with pytest.raises(LeadArchivedError):
+        then(given_events, TagLead(tag="x"))
+    assert then(given_events, RestoreLead()) != []
+    assert then(given_events, ArchiveLead()) == []
+
+
+def test_erased_lead_takes_nothing():
+    with pytest.raises(LeadGone):
+        then([CREATED, LeadErased()], ChangeStage(stage="mql"))
+
+
+def test_erasure_drops_every_field():
+    state = fold([CREATED, LeadErased()])
+    assert state.status == ERASED
+    assert all(getattr(state.fields, n) in (None, UNSET) for n in FIELD_NAMES)
+
+
+def test_merge_into_self_is_refused():
+    with pytest.raises(InvalidValue):
+        then([CREATED], MarkMergedInto(survivor_id="L1"))
+
+
+def test_merged_lead_can_still_be_erased():
+    given_events = [CREATED, *then([CREATED], MarkMergedInto(survivor_id="L2"))]
+    assert fold(given_events).status == MERGED
+    with pytest.raises(LeadGone):
+        then(given_events, TagLead(tag="x"))
+    assert then(given_events, EraseLead()) == [LeadErased()]
+
+
+def test_empty_note_is_refused():
+    with pytest.raises(InvalidValue):
+        then([CREATED], AddNote(note_id="n1", text="   "))
+
+
+# -- properties ---------------------------------------------------------------------------
+
+texts = st.one_of(st.none(), st.text(max_size=20))
+tags = st.sampled_from(["vip", "enterprise", "q3", "Bad Tag", "x" * 70])
+fields = st.builds(LeadFields, **{n: texts for n in FIELD_NAMES})
+commands = st.one_of(
+    st.builds(CreateLead, lead_id=st.just("L1"), fields=fields,
+              stage=st.sampled_from([*LIFECYCLE_STAGES, "nope"]),
+              tags=st.lists(tags, max_size=3).map(tuple)),
+    st.builds(ChangeLeadFields, changes=fields),
+    st.builds(TagLead, tag=tags),
+    st.builds(UntagLead, tag=tags),
+    st.builds(AddNote, note_id=st.just("n"), text=st.text(max_size=5)),
+    st.builds(ChangeStage, stage=st.sampled_from([*LIFECYCLE_STAGES, "nope"])),
+    st.builds(AssignOwner, owner=st.sampled_from([None, "sam", "kim"])),
+    st.builds(ArchiveLead),
+    st.builds(RestoreLead),
+    st.builds(MarkMergedInto, survivor_id=st.sampled_from(["L1", "L2"])),
+    st.builds(EraseLead),
+)
+
+
+def check_invariants(state, events_so_far):
+    assert state.version == len(events_so_far)
+    if state.status is None:
+        assert state.version == 0
+        return
+    assert state.status in (ACTIVE, ARCHIVED, MERGED, ERASED)
+    assert len(set(state.tags)) == len(state.tags), "tags are a set"
+    assert all(TAG_PATTERN.match(t) for t in state.tags)
+    if state.status == ERASED:
+        assert all(getattr(state.fields, n) in (None, UNSET) for n in PERSONAL_FIELDS)
+        assert state.tags == ()
+    else:
+        assert state.stage in LIFECYCLE_STAGES
+    if state.status == MERGED:
+        assert state.merged_into not in (None, state.lead_id)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(commands, max_size=25))
+def test_any_command_sequence_folds_to_a_valid_state(sequence):
+    history = []
+    state = INITIAL
+    for command in sequence:
+        try:
+            events = decide(state, command)
+        except DomainError:
+            # A refused command appends nothing and leaves the state as it was.
+            assert fold(history) == state
+            continue
+        history.extend(events)
+        state = fold(history)
+        check_invariants(state, history)
+        # A command applied again right away changes nothing (except ones that always add).
+        if events and not isinstance(command, (AddNote, MarkMergedInto, EraseLead)):
+            try:
+                assert decide(state, command) == []
+            except DomainError:
+                pass
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(commands, max_size=15))
+def test_fold_is_deterministic(sequence):
+    history = []
+    state = INITIAL
+    for command in sequence:
+        try:
+            history.extend(decide(state, command))
+        except DomainError:
+            continue
+        state = fold(history)
+    assert fold(history) == fold(list(history))

