@@ -6,7 +6,9 @@ The lead's invariants live here and nowhere else:
   * an erased or merged lead takes no further change (erasure of a merged lead is allowed);
   * an archived lead takes only restore, merge and erase;
   * stages come from the lifecycle vocabulary; tags are short lowercase tokens;
-  * a command that changes nothing produces no event.
+  * a command that changes nothing produces no event;
+  * every email set on a lead is checked (offline) and the result recorded; a lead whose email
+    is invalid (or hard-bounced) is quarantined: visible and fixable, out of the active pipeline.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from typing import assert_never
 import msgspec
 from msgspec import UNSET
 
+from ledger.email_check import INVALID, check_email
 from ledger.errors import (
     InvalidValue,
     LeadAlreadyExists,
@@ -25,16 +28,20 @@ from ledger.errors import (
     LeadNotFound,
 )
 from schema.commands import (
+    AbsorbLead,
     AddNote,
     ArchiveLead,
     AssignOwner,
     ChangeLeadFields,
     ChangeStage,
     CreateLead,
+    DismissDuplicate,
     EraseLead,
     LeadCommand,
     MarkMergedInto,
+    RecordEmailBounce,
     RestoreLead,
+    SuspectDuplicate,
     TagLead,
     UntagLead,
 )
@@ -43,10 +50,15 @@ from schema.events import (
     Event,
     LeadArchived,
     LeadCreated,
+    LeadDuplicateDismissed,
+    LeadDuplicateSuspected,
+    LeadEmailBounced,
+    LeadEmailChecked,
     LeadErased,
     LeadEvent,
     LeadFields,
     LeadFieldsChanged,
+    LeadMerged,
     LeadMergedInto,
     LeadNoteAdded,
     LeadOwnerAssigned,
@@ -74,6 +86,11 @@ class LeadState(msgspec.Struct, frozen=True, kw_only=True):
     tags: tuple[str, ...] = ()
     notes_count: int = 0
     merged_into: str | None = None
+    email_status: str | None = None
+    email_reasons: tuple[str, ...] = ()
+    quarantined: bool = False
+    suspected_duplicates: tuple[str, ...] = ()
+    merged_from: tuple[str, ...] = ()
 
 
 INITIAL = LeadState()
@@ -116,6 +133,38 @@ def evolve(state: LeadState, event: Event) -> LeadState:
             return msgspec.structs.replace(
                 state, version=version, status=MERGED, merged_into=event.survivor_id
             )
+        case LeadEmailChecked():
+            return msgspec.structs.replace(
+                state, version=version, email_status=event.status, email_reasons=event.reasons,
+                quarantined=event.status == INVALID,
+            )
+        case LeadEmailBounced():
+            if event.kind != "hard":
+                return msgspec.structs.replace(state, version=version)
+            return msgspec.structs.replace(
+                state, version=version, email_status=INVALID,
+                email_reasons=("hard-bounce",), quarantined=True,
+            )
+        case LeadMerged():
+            tags = tuple(dict.fromkeys((*state.tags, *event.tags)))
+            return msgspec.structs.replace(
+                state, version=version, fields=apply_changes(state.fields, event.changes),
+                tags=tags, merged_from=(*state.merged_from, event.absorbed_id),
+                suspected_duplicates=tuple(
+                    d for d in state.suspected_duplicates if d != event.absorbed_id
+                ),
+            )
+        case LeadDuplicateSuspected():
+            return msgspec.structs.replace(
+                state, version=version,
+                suspected_duplicates=(*state.suspected_duplicates, event.other_id),
+            )
+        case LeadDuplicateDismissed():
+            return msgspec.structs.replace(
+                state, version=version, suspected_duplicates=tuple(
+                    d for d in state.suspected_duplicates if d != event.other_id
+                ),
+            )
         case LeadErased():
             return LeadState(lead_id=state.lead_id, version=version, status=ERASED)
         case _:
@@ -136,7 +185,9 @@ def decide(state: LeadState, command: LeadCommand) -> list[LeadEvent]:
     match command:
         case ChangeLeadFields():
             changes = _diff(state.fields, command.changes)
-            return [LeadFieldsChanged(changes=changes)] if changes != LeadFields() else []
+            if changes == LeadFields():
+                return []
+            return [LeadFieldsChanged(changes=changes), *_email_checked(changes.email)]
         case TagLead():
             tag = _valid_tag(command.tag)
             if tag in state.tags:
@@ -167,6 +218,25 @@ def decide(state: LeadState, command: LeadCommand) -> list[LeadEvent]:
             return [LeadMergedInto(survivor_id=command.survivor_id)]
         case EraseLead():
             return [LeadErased()]
+        case RecordEmailBounce():
+            if command.kind not in ("hard", "soft"):
+                raise InvalidValue("kind", "a bounce is 'hard' or 'soft'")
+            if not isinstance(state.fields.email, str):
+                raise InvalidValue("email", "the lead has no email to bounce")
+            return [LeadEmailBounced(kind=command.kind, detail=command.detail)]
+        case AbsorbLead():
+            return _absorb(state, command)
+        case SuspectDuplicate():
+            if command.other_id == state.lead_id or command.other_id in state.suspected_duplicates:
+                return []
+            return [LeadDuplicateSuspected(
+                other_id=command.other_id, score=command.score, matched=command.matched,
+                exact=command.exact,
+            )]
+        case DismissDuplicate():
+            if command.other_id not in state.suspected_duplicates:
+                return []
+            return [LeadDuplicateDismissed(other_id=command.other_id)]
         case _:
             assert_never(command)
 
@@ -180,12 +250,39 @@ def _create(state: LeadState, command: CreateLead) -> list[LeadEvent]:
     fields = msgspec.structs.replace(
         LeadFields(), **{n: v for n in FIELD_NAMES if (v := _given(getattr(command.fields, n)))}
     )
-    return [
-        LeadCreated(
-            lead_id=command.lead_id, fields=fields, stage=_valid_stage(command.stage),
-            owner=command.owner, tags=tags,
-        )
+    created = LeadCreated(
+        lead_id=command.lead_id, fields=fields, stage=_valid_stage(command.stage),
+        owner=command.owner, tags=tags,
+    )
+    return [created, *_email_checked(fields.email)]
+
+
+def _email_checked(email: object) -> list[LeadEvent]:
+    """Every email set on a lead gets its check recorded (clearing it records nothing)."""
+    if not isinstance(email, str):
+        return []
+    result = check_email(email)
+    suggestion = result.suggestion.rsplit("@", 1)[1] if result.suggestion else None
+    return [LeadEmailChecked(
+        status=result.status, reasons=result.reasons, suggestion_domain=suggestion
+    )]
+
+
+def _absorb(state: LeadState, command: AbsorbLead) -> list[LeadEvent]:
+    if command.absorbed_id == state.lead_id:
+        raise InvalidValue("absorbed_id", "a lead cannot be merged into itself")
+    if command.absorbed_id in state.merged_from:
+        return []
+    missing = {
+        n: v for n in FIELD_NAMES
+        if _given(getattr(state.fields, n)) is None
+        and (v := _given(getattr(command.absorbed_fields, n))) is not None
+    }
+    tags = tuple(t for t in command.absorbed_tags if t not in state.tags)
+    events: list[LeadEvent] = [
+        LeadMerged(absorbed_id=command.absorbed_id, changes=LeadFields(**missing), tags=tags)
     ]
+    return events + _email_checked(missing.get("email"))
 
 
 def _require_live(state: LeadState, command: LeadCommand) -> None:
@@ -195,7 +292,9 @@ def _require_live(state: LeadState, command: LeadCommand) -> None:
         raise LeadGone(f"lead {state.lead_id} was erased")
     if state.status == MERGED and not isinstance(command, EraseLead):
         raise LeadGone(f"lead {state.lead_id} was merged into {state.merged_into}")
-    allowed_when_archived = (RestoreLead, ArchiveLead, MarkMergedInto, EraseLead)
+    allowed_when_archived = (
+        RestoreLead, ArchiveLead, MarkMergedInto, EraseLead, RecordEmailBounce, DismissDuplicate
+    )
     if state.status == ARCHIVED and not isinstance(command, allowed_when_archived):
         raise LeadArchivedError(f"lead {state.lead_id} is archived; restore it first")
 

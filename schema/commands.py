@@ -56,6 +56,32 @@ class EraseLead(msgspec.Struct, kw_only=True, frozen=True):
     pass
 
 
+
+
+class RecordEmailBounce(msgspec.Struct, kw_only=True, frozen=True):
+    kind: str  # hard, soft
+    detail: str | None = None
+
+
+class AbsorbLead(msgspec.Struct, kw_only=True, frozen=True):
+    """On the survivor of a merge: take the absorbed lead's values where the survivor has none."""
+
+    absorbed_id: str
+    absorbed_fields: LeadFields
+    absorbed_tags: tuple[str, ...] = ()
+
+
+class SuspectDuplicate(msgspec.Struct, kw_only=True, frozen=True):
+    other_id: str
+    score: float
+    matched: tuple[str, ...]
+    exact: bool = False
+
+
+class DismissDuplicate(msgspec.Struct, kw_only=True, frozen=True):
+    other_id: str
+
+
 LeadCommand = (
     CreateLead
     | ChangeLeadFields
@@ -68,4 +94,8 @@ LeadCommand = (
     | RestoreLead
     | MarkMergedInto
     | EraseLead
+    | RecordEmailBounce
+    | AbsorbLead
+    | SuspectDuplicate
+    | DismissDuplicate
 )

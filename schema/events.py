@@ -42,6 +42,9 @@ class LeadFields(
     ip_address: str | None | UnsetType = UNSET
     source: str | None | UnsetType = UNSET
     external_id: str | None | UnsetType = UNSET
+    industry: str | None | UnsetType = UNSET
+    seniority: str | None | UnsetType = UNSET
+    department: str | None | UnsetType = UNSET
 
 
 FIELD_NAMES: tuple[str, ...] = LeadFields.__struct_fields__
@@ -120,6 +123,47 @@ class LeadMergedInto(Event, frozen=True):
     survivor_id: str
 
 
+class LeadEmailChecked(Event, frozen=True):
+    """The result of validating the lead's current email when it was set (offline checks)."""
+
+    event_type: ClassVar[str] = "LeadEmailChecked"
+    status: str  # valid, risky, invalid
+    reasons: tuple[str, ...] = ()
+    suggestion_domain: str | None = None
+
+
+class LeadEmailBounced(Event, frozen=True):
+    """The email platform reported a bounce; a hard bounce makes the email invalid."""
+
+    event_type: ClassVar[str] = "LeadEmailBounced"
+    kind: str  # hard, soft
+    detail: str | None = None
+
+
+class LeadMerged(Event, frozen=True):
+    """On the survivor: another lead was merged into it, with the fields it contributed."""
+
+    event_type: ClassVar[str] = "LeadMerged"
+    personal: ClassVar[tuple[str, ...]] = _personal_paths("changes")
+
+    absorbed_id: str
+    changes: LeadFields
+    tags: tuple[str, ...] = ()
+
+
+class LeadDuplicateSuspected(Event, frozen=True):
+    event_type: ClassVar[str] = "LeadDuplicateSuspected"
+    other_id: str
+    score: float
+    matched: tuple[str, ...]
+    exact: bool = False
+
+
+class LeadDuplicateDismissed(Event, frozen=True):
+    event_type: ClassVar[str] = "LeadDuplicateDismissed"
+    other_id: str
+
+
 class LeadErased(Event, frozen=True):
     """Tombstone: the person asked to be forgotten. Carries no personal data by design."""
 
@@ -137,6 +181,11 @@ LeadEvent = (
     | LeadArchived
     | LeadRestored
     | LeadMergedInto
+    | LeadEmailChecked
+    | LeadEmailBounced
+    | LeadMerged
+    | LeadDuplicateSuspected
+    | LeadDuplicateDismissed
     | LeadErased
 )
 
@@ -151,5 +200,10 @@ LEAD_EVENT_TYPES: tuple[type[Event], ...] = (
     LeadArchived,
     LeadRestored,
     LeadMergedInto,
+    LeadEmailChecked,
+    LeadEmailBounced,
+    LeadMerged,
+    LeadDuplicateSuspected,
+    LeadDuplicateDismissed,
     LeadErased,
 )

@@ -17,15 +17,19 @@ from ledger.errors import (
 )
 from ledger.lead import ACTIVE, ARCHIVED, ERASED, INITIAL, MERGED, TAG_PATTERN, decide, fold
 from schema.commands import (
+    AbsorbLead,
     AddNote,
     ArchiveLead,
     AssignOwner,
     ChangeLeadFields,
     ChangeStage,
     CreateLead,
+    DismissDuplicate,
     EraseLead,
     MarkMergedInto,
+    RecordEmailBounce,
     RestoreLead,
+    SuspectDuplicate,
     TagLead,
     UntagLead,
 )
@@ -34,9 +38,11 @@ from schema.events import (
     PERSONAL_FIELDS,
     LeadArchived,
     LeadCreated,
+    LeadEmailChecked,
     LeadErased,
     LeadFields,
     LeadFieldsChanged,
+    LeadMerged,
     LeadOwnerAssigned,
     LeadStageChanged,
     LeadTagged,
@@ -58,7 +64,7 @@ def then(given_events, command):
 def test_create_new_lead():
     cmd = CreateLead(lead_id="L1", fields=LeadFields(email="ada@example.com", company="Acme"),
                      stage="lead", tags=("vip", "vip"))
-    assert then([], cmd) == [CREATED]
+    assert then([], cmd) == [CREATED, LeadEmailChecked(status="valid")]
 
 
 def test_create_twice_is_refused():
@@ -74,6 +80,49 @@ def test_commands_on_missing_lead_are_refused():
 def test_change_only_emits_what_changed():
     events = then([CREATED], ChangeLeadFields(changes=LeadFields(company="Acme", title="CTO")))
     assert events == [LeadFieldsChanged(changes=LeadFields(title="CTO"))]
+
+
+def test_a_new_email_is_checked_and_an_invalid_one_quarantines_the_lead():
+    events = then([CREATED], ChangeLeadFields(changes=LeadFields(email="ada@gmial.com")))
+    assert events == [
+        LeadFieldsChanged(changes=LeadFields(email="ada@gmial.com")),
+        LeadEmailChecked(status="invalid", reasons=("typo-domain",), suggestion_domain="gmail.com"),
+    ]
+    state = fold([CREATED, *events])
+    assert state.quarantined and state.status == ACTIVE
+    fixed = then([CREATED, *events], ChangeLeadFields(changes=LeadFields(email="ada@gmail.com")))
+    assert not fold([CREATED, *events, *fixed]).quarantined
+
+
+def test_hard_bounce_invalidates_the_email_soft_bounce_does_not():
+    soft = then([CREATED], RecordEmailBounce(kind="soft"))
+    assert not fold([CREATED, *soft]).quarantined
+    hard = then([CREATED], RecordEmailBounce(kind="hard", detail="550 no such user"))
+    state = fold([CREATED, *hard])
+    assert state.email_status == "invalid" and state.quarantined
+    with pytest.raises(InvalidValue):
+        then([CREATED], RecordEmailBounce(kind="maybe"))
+
+
+def test_absorbing_a_lead_takes_only_the_values_the_survivor_lacks():
+    events = then([CREATED], AbsorbLead(
+        absorbed_id="L2", absorbed_fields=LeadFields(email="other@example.com", title="CEO"),
+        absorbed_tags=("vip", "partner"),
+    ))
+    assert events == [LeadMerged(absorbed_id="L2", changes=LeadFields(title="CEO"), tags=("partner",))]
+    state = fold([CREATED, *events])
+    assert state.fields.email == "ada@example.com" and state.fields.title == "CEO"
+    assert state.merged_from == ("L2",) and state.tags == ("vip", "partner")
+    assert then([CREATED, *events], AbsorbLead(absorbed_id="L2", absorbed_fields=LeadFields())) == []
+
+
+def test_suspected_duplicates_are_recorded_once_and_can_be_dismissed():
+    suspect = SuspectDuplicate(other_id="L2", score=0.93, matched=("name", "company"))
+    events = then([CREATED], suspect)
+    assert fold([CREATED, *events]).suspected_duplicates == ("L2",)
+    assert then([CREATED, *events], suspect) == []
+    dismissed = then([CREATED, *events], DismissDuplicate(other_id="L2"))
+    assert fold([CREATED, *events, *dismissed]).suspected_duplicates == ()
 
 
 def test_change_that_changes_nothing_emits_nothing():
@@ -164,6 +213,12 @@ commands = st.one_of(
     st.builds(RestoreLead),
     st.builds(MarkMergedInto, survivor_id=st.sampled_from(["L1", "L2"])),
     st.builds(EraseLead),
+    st.builds(RecordEmailBounce, kind=st.sampled_from(["hard", "soft", "odd"])),
+    st.builds(AbsorbLead, absorbed_id=st.sampled_from(["L1", "L3"]), absorbed_fields=fields,
+              absorbed_tags=st.lists(tags.filter(lambda t: TAG_PATTERN.match(t)), max_size=2).map(tuple)),
+    st.builds(SuspectDuplicate, other_id=st.sampled_from(["L1", "L4"]), score=st.just(0.9),
+              matched=st.just(("email",))),
+    st.builds(DismissDuplicate, other_id=st.sampled_from(["L4"])),
 )
 
 
@@ -180,6 +235,8 @@ def check_invariants(state, events_so_far):
         assert state.tags == ()
     else:
         assert state.stage in LIFECYCLE_STAGES
+    assert state.quarantined == (state.email_status == "invalid")
+    assert state.lead_id not in state.suspected_duplicates
     if state.status == MERGED:
         assert state.merged_into not in (None, state.lead_id)
 
@@ -200,7 +257,8 @@ def test_any_command_sequence_folds_to_a_valid_state(sequence):
         state = fold(history)
         check_invariants(state, history)
         # A command applied again right away changes nothing (except ones that always add).
-        if events and not isinstance(command, (AddNote, MarkMergedInto, EraseLead)):
+        always_adds = (AddNote, MarkMergedInto, EraseLead, RecordEmailBounce)
+        if events and not isinstance(command, always_adds):
             try:
                 assert decide(state, command) == []
             except DomainError:
