@@ -13,6 +13,7 @@ from psycopg_pool import AsyncConnectionPool
 from api.settings import Settings
 from ledger.crypto import Keyring, parse_master_key
 from ledger.database import open_pool
+from ledger.identity import IdentityHasher
 from ledger.lead_commands import LeadCommands
 from ledger.migrations import migrate
 from ledger.store import EventStore
@@ -40,7 +41,8 @@ async def open_runtime(
     if migrate_first:
         await migrate(database_url)
     pool = await open_pool(database_url, max_size=settings.pool_max_size)
-    keyring = Keyring(parse_master_key(master_key))
+    master = parse_master_key(master_key)
+    keyring = Keyring(master)
     store = EventStore(pool, keyring)
     return Runtime(
         settings=settings,
@@ -49,5 +51,5 @@ async def open_runtime(
         pool=pool,
         keyring=keyring,
         store=store,
-        commands=LeadCommands(store),
+        commands=LeadCommands(store, IdentityHasher(master)),
     )

@@ -49,3 +49,18 @@ class InvalidValue(DomainError):
     def __init__(self, field: str, message: str) -> None:
         super().__init__(f"{field}: {message}")
         self.field = field
+
+
+class DuplicateLead(DomainError):
+    """The lead's identity (email, phone or external id) already belongs to another lead."""
+
+    code = "duplicate"
+
+    def __init__(self, existing_id: str, matched: tuple[str, ...], *, exact: bool = True,
+                 score: float = 1.0) -> None:
+        kind = "identity" if exact else "likely duplicate"
+        super().__init__(f"{kind} already used by lead {existing_id} ({', '.join(matched)})")
+        self.existing_id = existing_id
+        self.matched = matched
+        self.exact = exact
+        self.score = score

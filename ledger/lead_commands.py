@@ -1,23 +1,39 @@
 """Executes lead commands: read the stream, fold it, decide, append at the version read.
 
-This is the one command path every interface shares (HTTP, CLI, import, MCP, processors). A
-concurrent writer that moves the stream between our read and our append makes the append fail
+This is the one command path every interface shares (HTTP, CLI, import, MCP, processors). It
+keeps the identity index in step with the lead in the same transaction as the append: a create
+or change that would give a lead an identity key (email, phone, external id) another lead owns
+raises DuplicateLead (or, when asked to flag, records the suspected duplicate and goes on);
+erasure releases the keys; a merge hands them to the survivor.
+
+A concurrent writer that moves the stream between our read and our append makes the append fail
 with ConcurrencyError; without an explicit expected version the command is re-decided against
 the new state a bounded number of times.
 """
 
 from __future__ import annotations
 
-import msgspec
-from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_random_exponential
+from collections.abc import Sequence
 
-from ledger.errors import ConcurrencyError
-from ledger.lead import INITIAL, LeadState, decide, fold
-from ledger.store import AppendResult, EventStore, NewEvent
-from schema.commands import LeadCommand
+import msgspec
+from tenacity import (
+    AsyncRetrying,
+    retry_if_exception_type,
+    stop_after_attempt,
+    wait_random_exponential,
+)
+
+from ledger import identity
+from ledger.errors import ConcurrencyError, DuplicateLead, LeadNotFound
+from ledger.identity import IdentityClaim, IdentityHasher, IdentityKey
+from ledger.lead import ACTIVE, ARCHIVED, INITIAL, LeadState, decide, fold
+from ledger.store import EventStore, NewEvent, Stream, StreamAppend
+from schema.commands import AbsorbLead, LeadCommand, MarkMergedInto, SuspectDuplicate
 from schema.events import Event
 from schema.metadata import EventMetadata
 from schema.positions import LogPosition
+
+RAISE, FLAG = "raise", "flag"
 
 
 class CommandResult(msgspec.Struct, frozen=True):
@@ -29,8 +45,11 @@ class CommandResult(msgspec.Struct, frozen=True):
 
 
 class LeadCommands:
-    def __init__(self, store: EventStore, *, attempts: int = 5) -> None:
+    def __init__(
+        self, store: EventStore, hasher: IdentityHasher | None = None, *, attempts: int = 5
+    ) -> None:
         self.store = store
+        self.hasher = hasher
         self.attempts = attempts
 
     async def load(self, workspace: str, lead_id: str) -> LeadState:
@@ -45,22 +64,38 @@ class LeadCommands:
         metadata: EventMetadata,
         *,
         expected_version: int | None = None,
-        event_ids: list[str] | None = None,
+        event_ids: Sequence[str] | None = None,
+        on_duplicate: str = RAISE,
     ) -> CommandResult:
         """`expected_version` (an If-Match) makes a conflict final instead of retried;
-        `event_ids` make a retried request idempotent (the same ids append once)."""
-        retrying = AsyncRetrying(
+        `event_ids` make a retried request idempotent (the same ids append once);
+        `on_duplicate="flag"` records identity clashes as suspected duplicates instead of
+        refusing the command."""
+        async for attempt in self._retrying(expected_version):
+            with attempt:
+                return await self._once(
+                    workspace, lead_id, command, metadata, expected_version, event_ids,
+                    on_duplicate,
+                )
+        raise AssertionError("unreachable")
+
+    async def merge(
+        self, workspace: str, survivor_id: str, absorbed_id: str, metadata: EventMetadata
+    ) -> tuple[CommandResult, CommandResult]:
+        """Merges `absorbed_id` into `survivor_id` atomically: the survivor records what it
+        took, the absorbed stream ends with merged-into, and its identity keys move over."""
+        async for attempt in self._retrying(None):
+            with attempt:
+                return await self._merge_once(workspace, survivor_id, absorbed_id, metadata)
+        raise AssertionError("unreachable")
+
+    def _retrying(self, expected_version: int | None) -> AsyncRetrying:
+        return AsyncRetrying(
             stop=stop_after_attempt(1 if expected_version is not None else self.attempts),
             wait=wait_random_exponential(multiplier=0.005, max=0.1),
             retry=retry_if_exception_type(ConcurrencyError),
             reraise=True,
         )
-        async for attempt in retrying:
-            with attempt:
-                return await self._once(
-                    workspace, lead_id, command, metadata, expected_version, event_ids
-                )
-        raise AssertionError("unreachable")
 
     async def _once(
         self,
@@ -69,7 +104,8 @@ class LeadCommands:
         command: LeadCommand,
         metadata: EventMetadata,
         expected_version: int | None,
-        event_ids: list[str] | None,
+        event_ids: Sequence[str] | None,
+        on_duplicate: str,
     ) -> CommandResult:
         stream = await self.store.read_stream(workspace, lead_id)
         state = fold([r.event for r in stream.events], INITIAL)
@@ -78,9 +114,95 @@ class LeadCommands:
         events = decide(state, command)
         if not events:
             return CommandResult(lead_id, state, [], None)
-        ids = event_ids or [None] * len(events)
-        new = [NewEvent(e, i) if i else NewEvent(e) for e, i in zip(events, ids, strict=False)]
-        result: AppendResult = await self.store.append(
-            workspace, lead_id, state.version, new, metadata, key=stream.key
+        after = fold(events, state)
+        release, claim = self._identity_change(state, after)
+        if not release and not claim:
+            position = await self._append(workspace, stream, state, events, metadata, event_ids)
+            return CommandResult(lead_id, after, list(events), position)
+        async with self.store.pool.connection() as conn, conn.transaction():
+            await identity.release(conn, workspace, lead_id, release)
+            claims = await identity.reserve(conn, workspace, lead_id, claim)
+            if claims:
+                events = self._on_claims(claims, state, events, on_duplicate)
+                after = fold(events, state)
+            position = await self._append(
+                workspace, stream, state, events, metadata, event_ids, conn=conn
+            )
+        return CommandResult(lead_id, after, list(events), position)
+
+    async def _append(self, workspace, stream: Stream, state, events, metadata, event_ids,
+                      *, conn=None) -> LogPosition:
+        ids = list(event_ids or [])
+        new = [NewEvent(e, ids[i]) if i < len(ids) else NewEvent(e) for i, e in enumerate(events)]
+        result = await self.store.append(
+            workspace, stream.stream_id, state.version, new, metadata, key=stream.key, conn=conn
         )
-        return CommandResult(lead_id, fold(events, state), list(events), result.last)
+        return result.last
+
+    def _identity_change(
+        self, before: LeadState, after: LeadState
+    ) -> tuple[list[IdentityKey], list[IdentityKey]]:
+        if self.hasher is None:
+            return [], []
+        old = self._keys(before)
+        new = self._keys(after)
+        return [k for k in old if k not in new], [k for k in new if k not in old]
+
+    def _keys(self, state: LeadState) -> list[IdentityKey]:
+        if self.hasher is None or state.status not in (ACTIVE, ARCHIVED):
+            return []
+        return self.hasher.keys_for(state.fields)
+
+    @staticmethod
+    def _on_claims(
+        claims: list[IdentityClaim], state: LeadState, events: list[Event], on_duplicate: str
+    ) -> list[Event]:
+        owners: dict[str, list[str]] = {}
+        for claim in claims:
+            owners.setdefault(claim.lead_id, []).append(claim.kind)
+        if on_duplicate != FLAG:
+            existing, kinds = next(iter(owners.items()))
+            raise DuplicateLead(existing, tuple(kinds))
+        flagged = list(events)
+        for other, kinds in owners.items():
+            command = SuspectDuplicate(other_id=other, score=1.0, matched=tuple(kinds), exact=True)
+            flagged += decide(fold(flagged, state), command)
+        return flagged
+
+    async def _merge_once(
+        self, workspace: str, survivor_id: str, absorbed_id: str, metadata: EventMetadata
+    ) -> tuple[CommandResult, CommandResult]:
+        survivor_stream = await self.store.read_stream(workspace, survivor_id)
+        absorbed_stream = await self.store.read_stream(workspace, absorbed_id)
+        survivor = fold([r.event for r in survivor_stream.events])
+        absorbed = fold([r.event for r in absorbed_stream.events])
+        if absorbed.status is None:
+            raise LeadNotFound(f"lead {absorbed_id} not found")
+        ended = decide(absorbed, MarkMergedInto(survivor_id=survivor_id))
+        took = decide(survivor, AbsorbLead(
+            absorbed_id=absorbed_id, absorbed_fields=absorbed.fields, absorbed_tags=absorbed.tags
+        ))
+        survivor_after = fold(took, survivor)
+        async with self.store.pool.connection() as conn, conn.transaction():
+            await identity.repoint(conn, workspace, absorbed_id, survivor_id)
+            _, claim = self._identity_change(survivor, survivor_after)
+            claims = await identity.reserve(conn, workspace, survivor_id, claim)
+            if claims:
+                raise DuplicateLead(claims[0].lead_id, tuple(c.kind for c in claims))
+            results = [
+                await self.store.append(
+                    workspace, s.stream_id, st.version, [NewEvent(e) for e in evs], metadata,
+                    key=s.key, conn=conn,
+                )
+                for s, st, evs in (
+                    (absorbed_stream, absorbed, ended), (survivor_stream, survivor, took)
+                ) if evs
+            ]
+        last = results[-1].last if results else None
+        return (
+            CommandResult(survivor_id, survivor_after, list(took), last),
+            CommandResult(absorbed_id, fold(ended, absorbed), list(ended), last),
+        )
+
+
+__all__ = ["CommandResult", "LeadCommands", "StreamAppend", "FLAG", "RAISE"]
