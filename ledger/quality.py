@@ -1,0 +1,129 @@
+"""The data-quality score of a lead: 0–100, with its components and the problems behind it.
+
+Pure: computed from the lead's folded state, the workspace's required fields and vocabularies,
+and a clock passed in. The lead read model recomputes it on every change of the lead.
+
+  completeness (40) — share of the workspace's required fields that are present;
+  validity     (35) — email status, a parseable phone, values inside their vocabularies;
+  consistency  (15) — phone country matches the lead's country, a business email's domain
+                      matches the website;
+  freshness    (10) — full for a year after the last change, then decaying to zero at three.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from datetime import datetime
+
+import msgspec
+import phonenumbers
+
+from ledger.lead import LeadState
+from ledger.normalize import website_domain
+from ledger.vocabulary import BUILTIN, Vocabulary
+from schema.vocabularies import VOCABULARY_FIELDS
+
+DEFAULT_REQUIRED: tuple[str, ...] = ("email", "first_name", "last_name", "company", "country")
+WEIGHTS = {"completeness": 40, "validity": 35, "consistency": 15, "freshness": 10}
+_EMAIL_VALIDITY = {"valid": 1.0, "risky": 0.6, "invalid": 0.0}
+
+
+class QualityScore(msgspec.Struct, frozen=True, kw_only=True):
+    score: int
+    completeness: float
+    validity: float
+    consistency: float
+    freshness: float
+    problems: tuple[str, ...]
+
+
+def score_quality(
+    state: LeadState,
+    *,
+    updated_at: datetime,
+    now: datetime,
+    required: Sequence[str] = DEFAULT_REQUIRED,
+    vocabularies: Mapping[str, Vocabulary] = BUILTIN,
+) -> QualityScore:
+    problems: list[str] = []
+    completeness = _completeness(state, required, problems)
+    validity = _validity(state, vocabularies, problems)
+    consistency = _consistency(state, problems)
+    freshness = _freshness(updated_at, now, problems)
+    parts = {"completeness": completeness, "validity": validity,
+             "consistency": consistency, "freshness": freshness}
+    total = sum(WEIGHTS[k] * v for k, v in parts.items())
+    return QualityScore(score=round(total), problems=tuple(problems),
+                        **{k: round(v, 3) for k, v in parts.items()})
+
+
+def _value(state: LeadState, field: str) -> str | None:
+    value = getattr(state.fields, field, None)
+    return value if isinstance(value, str) and value else None
+
+
+def _completeness(state: LeadState, required: Sequence[str], problems: list[str]) -> float:
+    if not required:
+        return 1.0
+    missing = [f for f in required if _value(state, f) is None]
+    problems.extend(f"missing:{f}" for f in missing)
+    return 1 - len(missing) / len(required)
+
+
+def _validity(state: LeadState, vocabularies: Mapping[str, Vocabulary], problems: list[str]) -> float:
+    checks: list[float] = []
+    if _value(state, "email"):
+        status = state.email_status or "valid"
+        checks.append(_EMAIL_VALIDITY.get(status, 0.0))
+        if status != "valid":
+            problems.append(f"email-{status}")
+    phone = _value(state, "phone")
+    if phone:
+        ok = phone.startswith("+") and _valid_phone(phone)
+        checks.append(1.0 if ok else 0.0)
+        if not ok:
+            problems.append("phone-unparseable")
+    for field, vocab_name in VOCABULARY_FIELDS.items():
+        value = state.stage if field == "stage" else _value(state, field)
+        vocabulary = vocabularies.get(vocab_name)
+        if value is None or vocabulary is None:
+            continue
+        ok = value in vocabulary.codes
+        checks.append(1.0 if ok else 0.0)
+        if not ok:
+            problems.append(f"unmapped:{field}")
+    return sum(checks) / len(checks) if checks else 1.0
+
+
+def _consistency(state: LeadState, problems: list[str]) -> float:
+    checks: list[float] = []
+    phone, country = _value(state, "phone"), _value(state, "country")
+    if phone and country and phone.startswith("+") and _valid_phone(phone):
+        region = phonenumbers.region_code_for_number(phonenumbers.parse(phone))
+        checks.append(1.0 if region == country else 0.0)
+        if region != country:
+            problems.append("phone-country-mismatch")
+    email, website = _value(state, "email"), _value(state, "website")
+    if email and website and "free-mail" not in state.email_reasons and "@" in email:
+        email_domain = email.rsplit("@", 1)[1].lower()
+        site = website_domain(website) or ""
+        ok = email_domain == site or email_domain.endswith("." + site)
+        checks.append(1.0 if ok else 0.0)
+        if not ok:
+            problems.append("email-domain-mismatch")
+    return sum(checks) / len(checks) if checks else 1.0
+
+
+def _freshness(updated_at: datetime, now: datetime, problems: list[str]) -> float:
+    age_days = max((now - updated_at).total_seconds() / 86_400, 0.0)
+    if age_days <= 365:
+        return 1.0
+    problems.append("stale")
+    return max(0.0, 1 - (age_days - 365) / 730)
+
+
+def _valid_phone(phone: str) -> bool:
+    try:
+        return phonenumbers.is_valid_number(phonenumbers.parse(phone))
+    except phonenumbers.NumberParseException:
+        return False
