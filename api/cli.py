@@ -201,8 +201,8 @@ def lead() -> None:
 @_field_options
 @click.option("--tag", "tags", multiple=True, metavar="TAG", help="A tag; repeat for several.")
 @click.option(
-    "--stage", type=click.Choice(LIFECYCLE_STAGES), default=DEFAULT_STAGE, show_default=True,
-    help="Lifecycle stage.",
+    "--stage", default=DEFAULT_STAGE, show_default=True,
+    help=f"Lifecycle stage: {', '.join(LIFECYCLE_STAGES)}.",
 )
 @click.option("--owner", default=None, help="The owner (a user id).")
 @click.option("--lead-id", default=None, help="The new lead's id [default: a new UUID].")
@@ -212,15 +212,22 @@ def lead_create(
     workspace: str, tags: tuple[str, ...], stage: str, owner: str | None, lead_id: str | None,
     reason: str | None, data_dir: Path | None, **fields: str | None,
 ) -> None:
-    """Create a lead and print it as JSON (with its version and ledger position)."""
+    """Create a lead and print it as JSON (with its version and ledger position).
+
+    Fields are normalized like every other way in (email, phone, vocabularies); a value
+    outside a vocabulary is refused with the closest allowed one.
+    """
+    from ledger.lead_input import normalize_lead
     from schema.commands import CreateLead
     from schema.metadata import Actor, EventMetadata
 
+    settings = _settings(data_dir)
     lead_id = lead_id or str(uuid.uuid4())
+    given = LeadFields(**{k: v for k, v in fields.items() if v is not None})
+    normalized = normalize_lead(given, stage=stage)
     command = CreateLead(
-        lead_id=lead_id,
-        fields=LeadFields(**{k: v for k, v in fields.items() if v is not None}),
-        stage=stage, owner=owner, tags=tags,
+        lead_id=lead_id, fields=normalized.fields, stage=normalized.stage or DEFAULT_STAGE,
+        owner=owner, tags=tags,
     )
     request_id = str(uuid.uuid4())
     metadata = EventMetadata(
@@ -233,7 +240,7 @@ def lead_create(
         position = result.position.token() if result.position else None
         return _view(workspace, lead_id, result.state, position)
 
-    _print_json(_with_runtime(_settings(data_dir), create))
+    _print_json(_with_runtime(settings, create))
 
 
 @lead.command("show")
