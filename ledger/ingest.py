@@ -1,0 +1,125 @@
+"""Ingestion: the one creation path shared by single creates, batches, imports, MCP and
+processors. Normalize → validate → deduplicate → create, merge or flag.
+
+Exact duplicates are caught by the identity index inside the append's transaction (so they hold
+under concurrency); likely duplicates are found by fuzzy matching against the read model (best
+effort: the read model may trail the ledger by a moment). Each has its own policy.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Sequence
+
+import msgspec
+from msgspec import UNSET
+
+from ledger.errors import DuplicateLead
+from ledger.fuzzy import Match, Person, likely_duplicates
+from ledger.lead_commands import FLAG, RAISE, CommandResult, LeadCommands
+from ledger.lead_input import normalize_lead
+from ledger.quality_settings import QualityPolicy, WorkspaceQuality
+from schema.commands import ChangeLeadFields, CreateLead, SuspectDuplicate, TagLead
+from schema.events import FIELD_NAMES, LeadFields
+from schema.metadata import EventMetadata
+from schema.vocabularies import DEFAULT_STAGE
+
+CandidateFinder = Callable[[str, Person], Awaitable[list[Person]]]
+CREATED, MERGED = "created", "merged"
+
+
+class NewLead(msgspec.Struct, frozen=True, kw_only=True):
+    lead_id: str
+    fields: LeadFields
+    full_name: str | None = None
+    stage: str | None = None
+    owner: str | None = None
+    tags: tuple[str, ...] = ()
+
+
+class IngestResult(msgspec.Struct, frozen=True, kw_only=True):
+    outcome: str  # created, merged
+    result: CommandResult
+    merged_into: str | None = None
+    duplicates: tuple[Match, ...] = ()
+    unmapped: tuple[str, ...] = ()
+
+
+class Ingestor:
+    def __init__(self, commands: LeadCommands, find_candidates: CandidateFinder) -> None:
+        self.commands = commands
+        self.find_candidates = find_candidates
+
+    async def create(
+        self,
+        workspace: str,
+        lead: NewLead,
+        metadata: EventMetadata,
+        quality: WorkspaceQuality,
+        *,
+        policy: QualityPolicy | None = None,
+        event_ids: Sequence[str] | None = None,
+    ) -> IngestResult:
+        """`policy` overrides the workspace's for this request (e.g. ?on_duplicate=merge)."""
+        policy = policy or quality.policy
+        normalized = normalize_lead(
+            lead.fields, stage=lead.stage, full_name=lead.full_name,
+            vocabularies=quality.vocabularies, on_unknown=policy.on_unknown,
+        )
+        command = CreateLead(
+            lead_id=lead.lead_id, fields=normalized.fields,
+            stage=normalized.stage or DEFAULT_STAGE, owner=lead.owner, tags=lead.tags,
+        )
+        matches = await self._fuzzy(workspace, command, policy)
+        if matches and policy.fuzzy_policy == "reject":
+            best = matches[0]
+            raise DuplicateLead(best.lead_id, best.matched, exact=False, score=best.score)
+        if matches and policy.fuzzy_policy == "merge":
+            return await self._merge_into(workspace, matches[0].lead_id, command, metadata,
+                                          normalized.unmapped)
+        try:
+            result = await self.commands.execute(
+                workspace, lead.lead_id, command, metadata, event_ids=event_ids,
+                on_duplicate=FLAG if policy.exact_policy == "flag" else RAISE,
+            )
+        except DuplicateLead as duplicate:
+            if policy.exact_policy != "merge":
+                raise
+            return await self._merge_into(workspace, duplicate.existing_id, command, metadata,
+                                          normalized.unmapped)
+        for match in matches:
+            result = await self.commands.execute(
+                workspace, lead.lead_id,
+                SuspectDuplicate(other_id=match.lead_id, score=match.score, matched=match.matched),
+                metadata,
+            )
+        return IngestResult(outcome=CREATED, result=result, duplicates=tuple(matches),
+                            unmapped=normalized.unmapped)
+
+    async def _fuzzy(self, workspace: str, command: CreateLead,
+                     policy: QualityPolicy) -> list[Match]:
+        f = command.fields
+        person = Person(
+            lead_id=command.lead_id, first_name=_str(f.first_name), last_name=_str(f.last_name),
+            email=_str(f.email), phone=_str(f.phone), company=_str(f.company),
+        )
+        if not (person.first_name or person.last_name):
+            return []
+        candidates = await self.find_candidates(workspace, person)
+        return likely_duplicates(person, candidates, policy.fuzzy_threshold)
+
+    async def _merge_into(self, workspace: str, existing_id: str, command: CreateLead,
+                          metadata: EventMetadata, unmapped: tuple[str, ...]) -> IngestResult:
+        """The submission updates the existing lead with its non-empty fields and tags."""
+        given = {n: v for n in FIELD_NAMES if (v := getattr(command.fields, n)) not in (UNSET, None)}
+        result = await self.commands.execute(
+            workspace, existing_id, ChangeLeadFields(changes=LeadFields(**given)), metadata
+        )
+        for tag in command.tags:
+            tagged = await self.commands.execute(workspace, existing_id, TagLead(tag=tag), metadata)
+            result = tagged if tagged.events else result
+        return IngestResult(outcome=MERGED, result=result, merged_into=existing_id,
+                            unmapped=unmapped)
+
+
+def _str(value: object) -> str | None:
+    return value if isinstance(value, str) and value else None
