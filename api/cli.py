@@ -25,7 +25,7 @@ import msgspec
 
 from api.logs import configure_logging
 from api.runtime import Runtime, open_runtime
-from api.server import ServerError, resolve_servers, serve
+from api.server import ServerError, listen, resolve_servers, serve
 from api.settings import Settings, SettingsError, load_settings
 from ledger.lead import LeadState
 from schema.events import FIELD_NAMES, LeadFields
@@ -114,6 +114,7 @@ def up(data_dir: Path | None, host: str | None, port: int | None) -> None:
     """
     settings = _settings(data_dir, quiet=False, host=host, port=port)
     signal.signal(signal.SIGTERM, _interrupt)  # until serving, SIGTERM stops like Ctrl-C
+    sock = listen(settings.host, settings.port)  # a busy port fails before anything starts
 
     async def run(database_url: str, nats_url: str, master_key: str, where: str) -> None:
         runtime = await open_runtime(settings, database_url, nats_url, master_key)
@@ -122,12 +123,12 @@ def up(data_dir: Path | None, host: str | None, port: int | None) -> None:
             click.echo(f"leadledger is serving {url} ({where}); Ctrl-C stops it")
 
         try:
-            await serve(runtime, on_ready=ready)
+            await serve(runtime, sock, on_ready=ready)
         finally:
             await runtime.close()
 
     try:
-        with resolve_servers(settings, nats=True) as servers:
+        with sock, resolve_servers(settings, nats=True) as servers:
             asyncio.run(
                 run(servers.database_url, servers.nats_url, servers.master_key,
                     servers.description)

@@ -216,9 +216,11 @@ def listen(host: str, port: int) -> socket.socket:
     return sock
 
 
-async def serve(runtime: Runtime, *, on_ready: Callable[[str], None]) -> None:
-    """Serves HTTP and runs the workers until SIGINT/SIGTERM (or until one of them fails),
-    then stops HTTP, then the workers, each within its grace period."""
+async def serve(
+    runtime: Runtime, sock: socket.socket, *, on_ready: Callable[[str], None]
+) -> None:
+    """Serves HTTP on `sock` (from `listen`) and runs the workers until SIGINT/SIGTERM (or
+    until one of them fails), then stops HTTP, then the workers, each within its grace."""
     import uvicorn
 
     from api.app import create_app
@@ -229,7 +231,6 @@ async def serve(runtime: Runtime, *, on_ready: Callable[[str], None]) -> None:
         def capture_signals(self) -> Iterator[None]:
             yield  # the signals stop the whole process, not only HTTP: handled below
 
-    sock = listen(runtime.settings.host, runtime.settings.port)
     config = uvicorn.Config(
         create_app(runtime), log_config=None, access_log=False, lifespan="on",
         timeout_graceful_shutdown=HTTP_GRACE_S,
@@ -266,7 +267,6 @@ async def serve(runtime: Runtime, *, on_ready: Callable[[str], None]) -> None:
         stop_task.cancel()
         for signum in _STOP_SIGNALS:
             loop.remove_signal_handler(signum)
-        sock.close()
     if failure:
         raise ServerError(failure)
 
