@@ -1,19 +1,136 @@
-"""The HTTP application: `create_app(runtime)` builds the Litestar app and its routes."""
+"""The HTTP application: `create_app(runtime)` builds the Litestar app, its routes and machinery.
+
+Layers, outermost first: request ids and the request log line (every request, 404s included);
+routing; authentication, read/write by role and rate limits (every route but the public ones);
+the handlers. Every error leaves as RFC 9457 problem details. The OpenAPI 3.1 document is at
+/schema/openapi.json, browsable at /schema (Scalar) and /schema/swagger.
+"""
 
 from __future__ import annotations
 
-from litestar import Litestar, get
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
 
+import structlog
+from litestar import Litestar, Router
+from litestar.di import Provide
+from litestar.middleware import DefineMiddleware
+from litestar.openapi import OpenAPIConfig
+from litestar.openapi.plugins import ScalarRenderPlugin, SwaggerRenderPlugin
+from litestar.openapi.spec import Components, SecurityScheme, Tag
+
+from api.http.access import AccessMiddleware
+from api.http.batch import BatchController
+from api.http.context import RequestContextMiddleware
+from api.http.events import EventsController
+from api.http.health import HealthController
+from api.http.history import HistoryController
+from api.http.leads import LeadController
+from api.http.notes import NotesController
+from api.http.openapi import finish_openapi
+from api.http.problems import handle_exception
+from api.http.services import Services, provide_services
+from api.http.settings import HttpSettings, load_http_settings
+from api.http.tags import TagsController
+from api.http.workspace import KeysController, WorkspaceController
 from api.runtime import Runtime
 
+log = structlog.get_logger("leadledger.http")
+PURGE_EVERY_S = 600.0
 
-@get("/health", sync_to_thread=False)
-def health() -> dict[str, str]:
-    """Liveness: the process is up and serving."""
-    return {"status": "ok"}
+DESCRIPTION = """\
+The HTTP API of leadledger, the event-sourced system of record for B2B leads.
+
+* **Auth**: `Authorization: Bearer <key>`; each key belongs to one workspace and one role
+  (admin, ops, marketing, sales, agent read and write; analyst reads only).
+* **Errors**: RFC 9457 `application/problem+json`; `type` is stable (see `/problems`).
+* **Writes** answer with the lead's `ETag` (its version) and an `X-Consistency-Token`; send the
+  ETag as `If-Match` to write only over the version you read (412 otherwise), and the token on a
+  read to see your own write (the read waits, bounded, or answers 503 with Retry-After).
+* **Retries**: send an `Idempotency-Key` on POSTs that create (leads, batches, notes).
+* **Pages**: opaque cursors (`next_cursor` → `cursor`), `limit` up to 1,000; no offsets.
+* **Rate limits**: per key, announced in `RateLimit-Policy` and `RateLimit` headers; 429 with
+  Retry-After past the quota.
+"""
 
 
-def create_app(runtime: Runtime) -> Litestar:
-    app = Litestar(route_handlers=[health])
+def create_app(runtime: Runtime, settings: HttpSettings | None = None) -> Litestar:
+    settings = settings or load_http_settings()
+    services = Services.build(runtime, settings)
+    access = DefineMiddleware(
+        AccessMiddleware, keys=services.keys, limiter=services.limiter,
+        default_limit=settings.rate_limit_per_minute,
+    )
+    api = Router(
+        path="/",
+        route_handlers=[
+            LeadController, HistoryController, NotesController, TagsController,
+            EventsController, WorkspaceController, KeysController, HealthController,
+        ],
+        request_max_body_size=settings.max_body_bytes,
+    )
+    batch = Router(
+        path="/", route_handlers=[BatchController],
+        request_max_body_size=settings.max_batch_body_bytes,
+    )
+
+    @contextlib.asynccontextmanager
+    async def purge_idempotency_keys(_: Litestar) -> AsyncIterator[None]:
+        task = asyncio.create_task(_purge_loop(services))
+        try:
+            yield
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    app = Litestar(
+        route_handlers=[api, batch],
+        dependencies={"services": Provide(provide_services, sync_to_thread=False)},
+        middleware=[access],
+        exception_handlers={Exception: handle_exception},
+        lifespan=[purge_idempotency_keys],
+        openapi_config=OpenAPIConfig(
+            title="leadledger API",
+            version="1.0.0",
+            description=DESCRIPTION,
+            path="/schema",
+            render_plugins=[ScalarRenderPlugin(), SwaggerRenderPlugin(path="/swagger")],
+            components=Components(security_schemes={
+                "bearer": SecurityScheme(
+                    type="http", scheme="bearer", bearer_format="llk_<key id>_<secret>",
+                    description="An API key from `leadledger keys create`.",
+                )
+            }),
+            security=[{"bearer": []}],
+            tags=[
+                Tag(name="leads", description="Create, read, change, archive and list leads."),
+                Tag(name="history", description="The audit trail of a lead."),
+                Tag(name="notes", description="Notes on a lead."),
+                Tag(name="tags", description="Tags on a lead."),
+                Tag(name="events", description="The ledger as a change feed."),
+                Tag(name="workspace", description="The workspace's policy and API keys."),
+                Tag(name="operations", description="Health, readiness, problem types."),
+            ],
+            use_handler_docstrings=False,
+        ),
+        logging_config=None,
+    )
+    app.state.services = services
     app.state.runtime = runtime
+    finish_openapi(app)
+    # Request ids and the request log wrap routing too, so unmatched routes get them as well.
+    app.asgi_handler = RequestContextMiddleware(app.asgi_handler)
     return app
+
+
+async def _purge_loop(services: Services) -> None:
+    while True:
+        await asyncio.sleep(PURGE_EVERY_S)
+        try:
+            purged = await services.idempotency.purge_expired()
+            if purged:
+                log.info("expired idempotency keys purged", count=purged)
+        except Exception:  # noqa: BLE001 - a failed purge is retried at the next tick
+            log.warning("purging idempotency keys failed", exc_info=True)

@@ -1,0 +1,39 @@
+"""Opaque pagination cursors: base64url of a small JSON document that only this API reads.
+
+A cursor is bound to the query it came from (its sort and filters, by a short hash), so a
+cursor replayed against a different query is refused instead of silently skipping rows.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+from typing import TypeVar
+
+import msgspec
+
+from api.http.problems import FieldError, ProblemError
+
+T = TypeVar("T")
+
+
+def encode_cursor(payload: msgspec.Struct) -> str:
+    return base64.urlsafe_b64encode(msgspec.json.encode(payload)).rstrip(b"=").decode()
+
+
+def decode_cursor(text: str, kind: type[T], *, field: str = "cursor") -> T:
+    try:
+        raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+        return msgspec.json.decode(raw, type=kind)
+    except (binascii.Error, ValueError, msgspec.DecodeError):
+        raise ProblemError(
+            "bad-request", "the cursor is not one this API issued",
+            errors=[FieldError(field=f"query:{field}",
+                               message="an opaque cursor from a previous page's next_cursor")],
+        ) from None
+
+
+def query_hash(*parts: object) -> str:
+    """A short, stable digest of the query a cursor belongs to."""
+    return hashlib.sha256(msgspec.json.encode(parts)).hexdigest()[:16]

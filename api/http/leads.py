@@ -1,0 +1,381 @@
+"""/v1/leads: create, read, change, archive, restore and list leads.
+
+Thin handlers: decode (Litestar + msgspec), build the ledger command, hand it to the writer,
+and answer with the lead, its ETag and the consistency token of the write. Reads come from the
+lead read model.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import uuid
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+import msgspec
+from litestar import Controller, Request, Response, delete, get, patch, post
+from litestar.params import Parameter
+from litestar.status_codes import HTTP_200_OK, HTTP_201_CREATED, HTTP_304_NOT_MODIFIED
+from msgspec import UNSET
+
+from api.http.context import write_metadata
+from api.http.docs import (
+    LOCATION,
+    WRITE_HEADERS,
+    ConsistencyTokenHeader,
+    IdempotencyKeyHeader,
+    IfMatchHeader,
+    IfNoneMatchHeader,
+    ReasonHeader,
+)
+from api.http.idempotency import Reply, derived_id, derived_ids, reply, run_idempotent
+from api.http.lead_queries import SORTS, LeadFilter, list_leads
+from api.http.problems import ProblemError, problem_responses
+from api.http.representations import (
+    MAX_PAGE,
+    Lead,
+    LeadCreate,
+    LeadPage,
+    LeadPatch,
+    lead_from_values,
+)
+from api.http.services import Services
+from api.http.versions import (
+    ANY,
+    CONSISTENCY_HEADER,
+    etag,
+    if_match,
+    if_none_match,
+    read_your_writes,
+    valid_lead_id,
+)
+from api.http.writes import WriteResult
+from ledger.errors import InvalidValue, LeadAlreadyExists, LeadNotFound
+from ledger.ingest import NewLead
+from ledger.lead import LeadState
+from projections.leads import LeadRow, get_lead
+from schema.commands import (
+    ArchiveLead,
+    AssignOwner,
+    ChangeLeadFields,
+    ChangeStage,
+    LeadCommand,
+    RestoreLead,
+    TagLead,
+    UntagLead,
+)
+from schema.events import FIELD_NAMES, LeadFields
+from schema.vocabularies import LIFECYCLE_STAGES
+
+READ_PROBLEMS = (400, 401, 404, 429, 503)
+WRITE_PROBLEMS = (400, 401, 403, 404, 409, 410, 412, 413, 415, 422, 429)
+
+OnDuplicate = Annotated[
+    Literal["reject", "merge", "flag"] | None,
+    Parameter(description="When the lead's email, phone or external id already belongs to a "
+              "lead: `reject` (409 naming it), `merge` (update it with the new non-empty "
+              "fields: 200 with that lead) or `flag` (create, and record the suspected "
+              "duplicate). Default: the workspace's policy."),
+]
+LeadId = Annotated[str, Parameter(description="The lead's id.", max_length=128)]
+
+
+# -- representations of leads ------------------------------------------------------------------
+
+
+def lead_of_state(result: WriteResult) -> Any:
+    state: LeadState = result.state
+    values: dict[str, Any] = {
+        name: None if (v := getattr(state.fields, name)) is UNSET else v for name in FIELD_NAMES
+    }
+    values.update(
+        id=result.lead_id, version=state.version, status=state.status, stage=state.stage,
+        owner=state.owner, tags=list(state.tags), notes_count=state.notes_count,
+        merged_into=state.merged_into, created_at=result.created_at,
+        updated_at=result.updated_at,
+    )
+    return lead_from_values(values)
+
+
+def lead_of_row(row: LeadRow) -> Any:
+    values = msgspec.structs.asdict(row)
+    values["id"] = row.lead_id
+    return lead_from_values(values)
+
+
+def write_headers(result: WriteResult) -> dict[str, str]:
+    return {"etag": etag(result.state.version), "x-consistency-token": result.position.token()}
+
+
+def lead_reply(result: WriteResult, status: int = HTTP_200_OK) -> Reply:
+    return reply(status, lead_of_state(result), write_headers(result))
+
+
+def require_lead_id(lead_id: str) -> None:
+    if not valid_lead_id(lead_id):
+        raise LeadNotFound("no such lead in this workspace")
+
+
+def expected_version(request: Request) -> int | None:
+    version = if_match(request)
+    return None if version == ANY else version
+
+
+def _fields(data: Any, *, patch: bool) -> dict[str, Any]:
+    absent = UNSET if patch else None
+    given = {n: v for n in FIELD_NAMES if (v := getattr(data, n)) is not absent}
+    ip = given.get("ip_address")
+    if ip:
+        try:
+            ipaddress.ip_address(ip)
+        except ValueError:
+            raise InvalidValue("ip_address", f"{ip!r} is not an IPv4 or IPv6 address") from None
+    return given
+
+
+def new_lead(data: Any, lead_id: str) -> NewLead:
+    return NewLead(
+        lead_id=lead_id, fields=LeadFields(**_fields(data, patch=False)), stage=data.stage,
+        owner=data.owner, tags=tuple(data.tags),
+    )
+
+
+async def create_one(
+    services: Services,
+    request: Request,
+    data: Any,
+    request_uuid: uuid.UUID | None,
+    name: str,
+    on_duplicate: str | None = None,
+) -> WriteResult:
+    """Creates one lead; with a request_uuid (Idempotency-Key), its ids derive from it, so a
+    retry after a crash finds the lead its first attempt wrote instead of writing another."""
+    workspace = request.user.key.workspace
+    lead = new_lead(data, derived_id(request_uuid, name))
+    metadata = write_metadata(request, data.reason)
+    try:
+        return await services.writer.create(
+            workspace, lead, metadata, event_ids=derived_ids(request_uuid, name),
+            on_duplicate=on_duplicate,
+        )
+    except LeadAlreadyExists:
+        if request_uuid is None:
+            raise
+        return await services.writer.current(workspace, lead.lead_id)
+
+
+def _patch_plan(data: Any) -> Any:
+    fields = _fields(data, patch=True)
+
+    def plan(state: LeadState) -> list[LeadCommand]:
+        commands: list[LeadCommand] = []
+        if fields:
+            commands.append(ChangeLeadFields(changes=LeadFields(**fields)))
+        if data.stage is not UNSET:
+            commands.append(ChangeStage(stage=data.stage))
+        if data.owner is not UNSET:
+            commands.append(AssignOwner(owner=data.owner))
+        if data.tags is not UNSET:
+            wanted = list(dict.fromkeys(data.tags))
+            commands += [UntagLead(tag=t) for t in state.tags if t not in wanted]
+            commands += [TagLead(tag=t) for t in wanted if t not in state.tags]
+        return commands
+
+    return plan
+
+
+# -- the controller ------------------------------------------------------------------------------
+
+
+class LeadController(Controller):
+    path = "/v1/leads"
+    tags = ["leads"]
+
+    @post(
+        "/",
+        status_code=HTTP_201_CREATED,
+        summary="Create a lead",
+        description="Creates a lead: fields are normalized (email, phone, country and the "
+        "workspace's vocabularies) and checked for duplicates. Send an `Idempotency-Key` to make "
+        "retries safe. Answers 201 with the lead, its `ETag` and the `X-Consistency-Token` of "
+        "the write; 200 with the existing lead when the duplicate policy merged it.",
+        response_headers=[*WRITE_HEADERS, LOCATION],
+        responses=problem_responses(*WRITE_PROBLEMS),
+    )
+    async def create(
+        self,
+        request: Request,
+        data: LeadCreate,  # type: ignore[valid-type]
+        services: Services,
+        on_duplicate: OnDuplicate = None,
+        idempotency_key: IdempotencyKeyHeader = None,
+        x_reason: ReasonHeader = None,
+    ) -> Response[Lead]:  # type: ignore[valid-type]
+        async def work(request_uuid: uuid.UUID | None) -> Reply:
+            result = await create_one(
+                services, request, data, request_uuid, "lead", on_duplicate
+            )
+            headers = {**write_headers(result), "location": f"/v1/leads/{result.lead_id}"}
+            status = HTTP_200_OK if result.merged_into else HTTP_201_CREATED
+            return reply(status, lead_of_state(result), headers)
+
+        return await run_idempotent(request, services.idempotency, work)  # type: ignore[return-value]
+
+    @get(
+        "/{lead_id:str}",
+        summary="Get a lead",
+        description="The lead from the read model. With `X-Consistency-Token`, the answer "
+        "includes that write (or 503 if the read model does not reach it in time).",
+        response_headers=[WRITE_HEADERS[0]],
+        responses={
+            **problem_responses(*READ_PROBLEMS),
+        },
+    )
+    async def get_one(
+        self,
+        request: Request,
+        lead_id: LeadId,
+        services: Services,
+        x_consistency_token: ConsistencyTokenHeader = None,
+        if_none_match_: IfNoneMatchHeader = None,
+    ) -> Response[Lead]:  # type: ignore[valid-type]
+        require_lead_id(lead_id)
+        pool = services.runtime.pool
+        await read_your_writes(request, pool, services.settings.consistency_wait_s)
+        async with pool.connection() as conn:
+            row = await get_lead(conn, request.user.key.workspace, lead_id)
+        if row is None:
+            raise LeadNotFound("no such lead in this workspace")
+        if if_none_match(request, row.version):
+            return Response(b"", status_code=HTTP_304_NOT_MODIFIED,
+                            headers={"etag": etag(row.version)})
+        return Response(lead_of_row(row), headers={"etag": etag(row.version)})
+
+    @patch(
+        "/{lead_id:str}",
+        summary="Change a lead",
+        description="Changes fields, stage, owner and tags in one write. Send the lead's ETag "
+        "as `If-Match` to apply only to the version you read (412 otherwise); a workspace may "
+        "require it (428 without).",
+        response_headers=WRITE_HEADERS,
+        responses=problem_responses(*WRITE_PROBLEMS, 428),
+    )
+    async def change(
+        self,
+        request: Request,
+        lead_id: LeadId,
+        data: LeadPatch,  # type: ignore[valid-type]
+        services: Services,
+        if_match_: IfMatchHeader = None,
+        x_reason: ReasonHeader = None,
+    ) -> Response[Lead]:  # type: ignore[valid-type]
+        require_lead_id(lead_id)
+        version = if_match(request)
+        if version is None and request.user.require_if_match:
+            raise ProblemError(
+                "precondition-required",
+                "this workspace requires If-Match with the lead's ETag on PATCH",
+            )
+        result = await services.writer.apply(
+            request.user.key.workspace, lead_id, _patch_plan(data),
+            write_metadata(request, data.reason),
+            expected_version=None if version == ANY else version,
+        )
+        return lead_reply(result).response()  # type: ignore[return-value]
+
+    @delete(
+        "/{lead_id:str}",
+        status_code=HTTP_200_OK,
+        summary="Archive a lead",
+        description="Archives the lead: it leaves the active list and takes no change until "
+        "restored. Its history stays. Archiving an archived lead changes nothing.",
+        response_headers=WRITE_HEADERS,
+        responses=problem_responses(*WRITE_PROBLEMS),
+    )
+    async def archive(
+        self,
+        request: Request,
+        lead_id: LeadId,
+        services: Services,
+        if_match_: IfMatchHeader = None,
+        x_reason: ReasonHeader = None,
+    ) -> Response[Lead]:  # type: ignore[valid-type]
+        return await _single(request, services, lead_id, ArchiveLead())
+
+    @post(
+        "/{lead_id:str}/restore",
+        status_code=HTTP_200_OK,
+        summary="Restore an archived lead",
+        response_headers=WRITE_HEADERS,
+        responses=problem_responses(*WRITE_PROBLEMS),
+    )
+    async def restore(
+        self,
+        request: Request,
+        lead_id: LeadId,
+        services: Services,
+        if_match_: IfMatchHeader = None,
+        x_reason: ReasonHeader = None,
+    ) -> Response[Lead]:  # type: ignore[valid-type]
+        return await _single(request, services, lead_id, RestoreLead())
+
+    @get(
+        "/",
+        summary="List leads",
+        description="Leads of the workspace, filtered and sorted, a page at a time. Pass "
+        "`next_cursor` back as `cursor` for the next page (null at the end). Ties in the sort "
+        "are broken by id, so pages never skip or repeat a lead.",
+        responses=problem_responses(*READ_PROBLEMS, 422),
+    )
+    async def index(
+        self,
+        request: Request,
+        services: Services,
+        limit: Annotated[int, Parameter(ge=1, le=MAX_PAGE, description="Page size.")] = 50,
+        cursor: Annotated[str | None, Parameter(max_length=512, description="From "
+                                                "next_cursor.")] = None,
+        sort: Annotated[Literal[tuple(SORTS)], Parameter(  # type: ignore[valid-type]
+            description="`created_at` or `updated_at`; a leading `-` sorts newest first.")
+        ] = "-created_at",
+        status: Annotated[Literal["active", "archived", "merged"], Parameter(
+            description="Leads in this status.")] = "active",
+        stage: Annotated[list[Literal[LIFECYCLE_STAGES]] | None, Parameter(  # type: ignore[valid-type]
+            description="Any of these stages (repeat the parameter).")] = None,
+        owner: Annotated[str | None, Parameter(max_length=200)] = None,
+        tag: Annotated[list[str] | None, Parameter(
+            description="Has every one of these tags (repeat the parameter).")] = None,
+        source: Annotated[str | None, Parameter(max_length=64)] = None,
+        created_after: Annotated[datetime | None, Parameter(description="Inclusive.")] = None,
+        created_before: Annotated[datetime | None, Parameter(description="Exclusive.")] = None,
+        updated_after: Annotated[datetime | None, Parameter(description="Inclusive.")] = None,
+        updated_before: Annotated[datetime | None, Parameter(description="Exclusive.")] = None,
+        q: Annotated[str | None, Parameter(
+            max_length=200, description="Free text in name, company or email.")] = None,
+        x_consistency_token: ConsistencyTokenHeader = None,
+    ) -> LeadPage:
+        for text in (cursor, owner, source, q, *(tag or ())):
+            if text is not None and ("\x00" in text or len(text) > 512):
+                raise InvalidValue("query", "parameters cannot contain NUL characters")
+        pool = services.runtime.pool
+        await read_your_writes(request, pool, services.settings.consistency_wait_s)
+        filters = LeadFilter(
+            status=status, stage=tuple(stage or ()), owner=owner, tags=tuple(tag or ()),
+            source=source, created_after=created_after, created_before=created_before,
+            updated_after=updated_after, updated_before=updated_before, q=q,
+        )
+        async with pool.connection() as conn:
+            rows, next_cursor = await list_leads(
+                conn, request.user.key.workspace, filters, sort=sort, limit=limit, cursor=cursor
+            )
+        return LeadPage(data=[lead_of_row(r) for r in rows], next_cursor=next_cursor)
+
+
+async def _single(
+    request: Request, services: Services, lead_id: str, command: LeadCommand
+) -> Response[Any]:
+    require_lead_id(lead_id)
+    result = await services.writer.execute(
+        request.user.key.workspace, lead_id, command, write_metadata(request),
+        expected_version=expected_version(request),
+    )
+    return lead_reply(result).response()

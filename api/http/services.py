@@ -1,0 +1,49 @@
+"""What the HTTP handlers use, built once per app from the runtime (the composition root)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from litestar.datastructures import State
+
+from api.http.access import RateLimiter
+from api.http.idempotency import IdempotencyStore
+from api.http.settings import HttpSettings
+from api.http.writes import LeadWriter
+from api.keys import KeyStore
+from api.runtime import Runtime
+from ledger.ingest import Ingestor
+from ledger.quality_settings import QualitySettings
+from projections.candidates import CandidateFinder
+
+
+@dataclass(frozen=True)
+class Services:
+    runtime: Runtime
+    settings: HttpSettings
+    keys: KeyStore
+    writer: LeadWriter
+    idempotency: IdempotencyStore
+    limiter: RateLimiter
+
+    @classmethod
+    def build(cls, runtime: Runtime, settings: HttpSettings) -> Services:
+        return cls(
+            runtime=runtime,
+            settings=settings,
+            keys=KeyStore(runtime.pool),
+            writer=LeadWriter(
+                runtime.store, runtime.commands,
+                Ingestor(runtime.commands, CandidateFinder(runtime.pool)),
+                QualitySettings(runtime.pool),
+            ),
+            idempotency=IdempotencyStore(
+                runtime.pool, ttl_s=settings.idempotency_ttl_s, lease_s=settings.idempotency_lease_s
+            ),
+            limiter=RateLimiter(),
+        )
+
+
+def provide_services(state: State) -> Services:
+    """Litestar dependency `services`."""
+    return state.services  # type: ignore[no-any-return]

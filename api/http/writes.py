@@ -1,0 +1,204 @@
+"""Lead writes from HTTP: the commands of one request, applied through the ledger's command path.
+
+A request that maps to one command (create, note, tag, archive, ...) goes through
+`LeadCommands.execute`, the path every interface shares. A PATCH may change fields, stage,
+owner and tags at once: those commands are decided one after another against the same state
+and appended as one write at one version, so a PATCH is all or nothing and its If-Match guards
+the whole of it. A write answers with the lead as the ledger now has it, its version (the
+ETag), the ledger times it was created and last changed, and the position of its latest event
+(the consistency token).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from datetime import datetime
+
+import msgspec
+from tenacity import (
+    AsyncRetrying,
+    retry_if_exception_type,
+    stop_after_attempt,
+    wait_random_exponential,
+)
+
+from ledger.errors import ConcurrencyError, LeadNotFound
+from ledger.ingest import CREATED, Ingestor, NewLead
+from ledger.lead import INITIAL, LeadState, decide, evolve, fold
+from ledger.lead_commands import LeadCommands
+from ledger.quality_settings import QualitySettings
+from ledger.store import EventStore, NewEvent
+from schema.commands import LeadCommand
+from schema.events import Event
+from schema.metadata import EventMetadata
+from schema.positions import LogPosition
+
+
+Plan = Callable[[LeadState], Sequence[LeadCommand]]
+"""Makes a request's commands from the lead's current state (a PATCH that replaces tags)."""
+
+
+class WriteResult(msgspec.Struct, frozen=True):
+    lead_id: str
+    state: LeadState
+    events: list[Event]
+    position: LogPosition
+    """Position of the lead's latest event: reading with it shows at least this state."""
+    created_at: datetime
+    updated_at: datetime
+    merged_into: str | None = None
+    """Set when a create was merged into an existing lead (the workspace's duplicate policy):
+    `lead_id` and `state` are then the existing lead's."""
+
+    @property
+    def changed(self) -> bool:
+        return bool(self.events)
+
+
+# The lead's first and latest event, by the (workspace, stream_id, version) unique index.
+_STAMP = """
+SELECT f.recorded_at, l.recorded_at, l.transaction_id, l.position
+FROM events l
+JOIN events f ON f.workspace = l.workspace AND f.stream_id = l.stream_id AND f.version = 1
+WHERE l.workspace = %s AND l.stream_id = %s AND l.version = %s
+"""
+
+
+class LeadWriter:
+    def __init__(
+        self,
+        store: EventStore,
+        commands: LeadCommands,
+        ingestor: Ingestor,
+        quality: QualitySettings,
+        *,
+        attempts: int = 5,
+    ) -> None:
+        self.store = store
+        self.commands = commands
+        self.ingestor = ingestor
+        self.quality = quality
+        self.attempts = attempts
+
+    async def create(
+        self,
+        workspace: str,
+        lead: NewLead,
+        metadata: EventMetadata,
+        *,
+        event_ids: Sequence[str] | None = None,
+        on_duplicate: str | None = None,
+    ) -> WriteResult:
+        """A new lead through ingestion, the creation path every interface shares (normalize,
+        vocabularies, dedup). `on_duplicate` overrides the workspace's exact-duplicate policy
+        (reject, merge or flag) for this request."""
+        quality = await self.quality.load(workspace)
+        policy = quality.policy
+        if on_duplicate is not None:
+            policy = msgspec.structs.replace(policy, exact_policy=on_duplicate)
+        outcome = await self.ingestor.create(
+            workspace, lead, metadata, quality, policy=policy, event_ids=event_ids
+        )
+        result = outcome.result
+        stamped = await self._stamped(workspace, result.lead_id, result.state, result.events)
+        if outcome.outcome == CREATED:
+            return stamped
+        return msgspec.structs.replace(stamped, merged_into=outcome.merged_into)
+
+    async def execute(
+        self,
+        workspace: str,
+        lead_id: str,
+        command: LeadCommand,
+        metadata: EventMetadata,
+        *,
+        expected_version: int | None = None,
+        event_ids: list[str] | None = None,
+    ) -> WriteResult:
+        """One command through `LeadCommands.execute`. `expected_version` is the request's
+        If-Match: a mismatch is final (412); without it a concurrent writer makes the command
+        re-decide against the new state, a bounded number of times."""
+        try:
+            result = await self.commands.execute(
+                workspace, lead_id, command, metadata,
+                expected_version=expected_version, event_ids=event_ids,
+            )
+        except ConcurrencyError as exc:
+            if exc.current == 0:
+                raise LeadNotFound("lead not found") from None
+            raise
+        return await self._stamped(workspace, lead_id, result.state, result.events)
+
+    async def apply(
+        self,
+        workspace: str,
+        lead_id: str,
+        plan: Plan,
+        metadata: EventMetadata,
+        *,
+        expected_version: int | None = None,
+    ) -> WriteResult:
+        """The commands `plan` makes of the lead's current state, decided in turn and appended
+        as one write at one version (all or nothing). Retried like `execute`."""
+        retrying = AsyncRetrying(
+            stop=stop_after_attempt(1 if expected_version is not None else self.attempts),
+            wait=wait_random_exponential(multiplier=0.005, max=0.1),
+            retry=retry_if_exception_type(ConcurrencyError),
+            reraise=True,
+        )
+        async for attempt in retrying:
+            with attempt:
+                state, events = await self._apply_once(
+                    workspace, lead_id, plan, metadata, expected_version
+                )
+        return await self._stamped(workspace, lead_id, state, events)
+
+    async def _apply_once(
+        self,
+        workspace: str,
+        lead_id: str,
+        plan: Plan,
+        metadata: EventMetadata,
+        expected_version: int | None,
+    ) -> tuple[LeadState, list[Event]]:
+        stream = await self.store.read_stream(workspace, lead_id)
+        state = fold([r.event for r in stream.events], INITIAL)
+        if state.status is None:
+            raise LeadNotFound("lead not found")
+        if expected_version is not None and expected_version != state.version:
+            raise ConcurrencyError(lead_id, expected_version, state.version)
+        after = state
+        events: list[Event] = []
+        for command in plan(state):
+            decided = decide(after, command)
+            for event in decided:
+                after = evolve(after, event)
+            events.extend(decided)
+        if events:
+            new = [NewEvent(e) for e in events]
+            await self.store.append(
+                workspace, lead_id, state.version, new, metadata, key=stream.key
+            )
+        return after, events
+
+    async def current(
+        self, workspace: str, lead_id: str, *, expected_version: int | None = None
+    ) -> WriteResult:
+        """The lead as the ledger has it, for a write that turned out to change nothing."""
+        state = await self.commands.load(workspace, lead_id)
+        if state.status is None:
+            raise LeadNotFound("lead not found")
+        if expected_version is not None and expected_version != state.version:
+            raise ConcurrencyError(lead_id, expected_version, state.version)
+        return await self._stamped(workspace, lead_id, state, [])
+
+    async def _stamped(
+        self, workspace: str, lead_id: str, state: LeadState, events: list[Event]
+    ) -> WriteResult:
+        async with self.store.pool.connection() as conn:
+            cur = await conn.execute(_STAMP, (workspace, lead_id, state.version))
+            row = await cur.fetchone()
+        if row is None:  # pragma: no cover - the events were just read or written
+            raise LeadNotFound("lead not found")
+        created_at, updated_at, tx, pos = row
+        return WriteResult(lead_id, state, events, LogPosition(tx, pos), created_at, updated_at)
