@@ -1,0 +1,227 @@
+"""The outbox relay: publishes the ledger, in ledger order, to the JetStream stream.
+
+Writers never touch NATS; the ledger itself is the outbox. One relay holds the `relay` lease
+(ledger/lease.py) and loops: read the next batch gap-safely after its checkpoint, publish every
+event with `Nats-Msg-Id` = event id (JetStream drops a republished id inside its duplicate
+window), wait for every PubAck, and only then advance the checkpoint. A crash between publish
+and checkpoint therefore republishes a batch, which deduplication absorbs; it never loses one.
+
+Each envelope names the position of the event published just before it (`previous`), so
+consumers can tell when NATS lost a message and fetch it from the ledger instead.
+
+The relay wakes on `LISTEN leadledger_events` (ledger_append NOTIFYs) and polls as a fallback:
+a NOTIFY can arrive while an older transaction still holds the gap-safe horizon back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import time
+
+import msgspec
+import nats.errors
+import nats.js.errors
+import psycopg
+import structlog
+from nats.js import JetStreamContext
+from psycopg_pool import AsyncConnectionPool
+from tenacity import (
+    AsyncRetrying,
+    retry_if_exception_type,
+    stop_after_attempt,
+    wait_random_exponential,
+)
+
+from ledger.checkpoints import RELAY, advance_checkpoint, read_checkpoint
+from ledger.envelopes import to_cloudevent
+from ledger.jetstream import connect_nats, ensure_stream
+from ledger.lease import Lease, LeaseLost, wait_for_stop
+from ledger.store import EventStore, RecordedEvent
+from schema.envelope import encode_envelope, event_subject
+from schema.positions import LogPosition
+
+log = structlog.get_logger(__name__)
+
+CHANNEL = "leadledger_events"
+_STOP_CHECK_S = 0.25
+
+# Worth retrying on the same connection: the server is slow, restarting, or electing a leader.
+_RETRYABLE = (
+    TimeoutError,
+    nats.errors.TimeoutError,
+    nats.js.errors.APIError,
+    nats.js.errors.NoStreamResponseError,
+    nats.js.errors.TooManyStalledMsgsError,
+)
+
+
+class PublishError(RuntimeError):
+    """JetStream acknowledged into another stream: the subjects are misconfigured."""
+
+
+# Anything NATS-side ends a session; the run loop reconnects after a backoff.
+_SESSION_ERRORS = (nats.errors.Error, OSError, PublishError)
+
+
+class Message(msgspec.Struct, frozen=True):
+    """One event ready to send, built once per batch however often the batch is retried."""
+
+    subject: str
+    payload: bytes
+    headers: dict[str, str]
+
+
+class Relay:
+    def __init__(
+        self,
+        store: EventStore,
+        pool: AsyncConnectionPool,
+        nats_url: str,
+        stream: str,
+        subject_prefix: str,
+        *,
+        max_age_s: float,
+        duplicate_window_s: float,
+        batch_size: int = 500,
+        poll_s: float = 1.0,
+        ack_timeout_s: float = 5.0,
+        publish_attempts: int = 5,
+        lease_poll_s: float = 0.5,
+    ) -> None:
+        self.store = store
+        self.pool = pool
+        self.nats_url = nats_url
+        self.stream = stream
+        self.prefix = subject_prefix
+        self.max_age_s = max_age_s
+        self.duplicate_window_s = duplicate_window_s
+        self.batch_size = batch_size
+        self.poll_s = poll_s
+        self.ack_timeout_s = ack_timeout_s
+        self.publish_attempts = publish_attempts
+        self.lease = Lease(pool.conninfo, "relay", poll_s=lease_poll_s)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Runs until `stop` is set: stands by for the lease, then relays while it holds it."""
+        try:
+            lost = False
+            while await self.lease.acquire(stop, after_loss=lost):
+                lost = True
+                try:
+                    await self._hold(stop)
+                except (LeaseLost, psycopg.OperationalError) as exc:
+                    log.warning("relay lost its lease", error=str(exc))
+                finally:
+                    await self.lease.release()
+        finally:
+            await self.lease.release()
+
+    async def _hold(self, stop: asyncio.Event) -> None:
+        await self.lease.conn.execute(f"LISTEN {CHANNEL}")
+        failures = 0
+        while not stop.is_set():
+            nc = None
+            try:
+                nc = await connect_nats(self.nats_url, name="leadledger-relay")
+                js = nc.jetstream()
+                await ensure_stream(
+                    js, self.stream, self.prefix,
+                    max_age_s=self.max_age_s, duplicate_window_s=self.duplicate_window_s,
+                )
+                failures = 0
+                await self._pump(js, stop)
+            except _SESSION_ERRORS as exc:
+                failures += 1
+                delay = min(5.0, 0.25 * 2**failures) * random.uniform(0.5, 1.0)
+                log.warning("relay session failed", error=repr(exc), retry_in_s=round(delay, 2))
+                await wait_for_stop(stop, delay)
+            finally:
+                if nc is not None:
+                    with contextlib.suppress(Exception):
+                        await nc.close()
+
+    async def _pump(self, js: JetStreamContext, stop: asyncio.Event) -> None:
+        checkpoint = await read_checkpoint(self.lease.conn, RELAY)
+        log.info("relaying", after=checkpoint.token(), stream=self.stream)
+        while not stop.is_set():
+            events = await self.store.read_all(checkpoint, self.batch_size)
+            if events:
+                await self._publish(js, self._messages(events, checkpoint))
+                checkpoint = events[-1].log_position
+                # Through the lease connection: if the lease is gone, this fails.
+                await advance_checkpoint(self.lease.conn, RELAY, checkpoint)
+                log.debug("relayed", events=len(events), checkpoint=checkpoint.token())
+            if len(events) < self.batch_size:
+                await self._wait_for_appends(stop)
+
+    def _messages(self, events: list[RecordedEvent], previous: LogPosition) -> list[Message]:
+        messages = []
+        for recorded in events:
+            envelope = to_cloudevent(recorded, previous)
+            subject = event_subject(
+                self.prefix, recorded.workspace, recorded.stream_id, recorded.event.event_type
+            )
+            headers = {"Nats-Msg-Id": recorded.event_id}
+            messages.append(Message(subject, encode_envelope(envelope), headers))
+            previous = recorded.log_position
+        return messages
+
+    async def _publish(self, js: JetStreamContext, messages: list[Message]) -> None:
+        retrying = AsyncRetrying(
+            stop=stop_after_attempt(self.publish_attempts),
+            wait=wait_random_exponential(multiplier=0.25, max=4.0),
+            retry=retry_if_exception_type(_RETRYABLE),
+            before_sleep=lambda state: log.warning(
+                "publish failed, retrying",
+                attempt=state.attempt_number,
+                error=repr(state.outcome.exception() if state.outcome else None),
+            ),
+            reraise=True,
+        )
+        async for attempt in retrying:
+            with attempt:
+                await self._publish_once(js, messages)
+
+    async def _publish_once(self, js: JetStreamContext, messages: list[Message]) -> None:
+        """Publishes in order without waiting in between (one connection keeps the order),
+        then waits for every PubAck."""
+        futures: list[asyncio.Future] = []
+        try:
+            for m in messages:
+                futures.append(
+                    await js.publish_async(
+                        m.subject, m.payload, headers=m.headers, wait_stall=self.ack_timeout_s
+                    )
+                )
+            done = await asyncio.wait_for(
+                asyncio.gather(*futures, return_exceptions=True), self.ack_timeout_s
+            )
+        finally:
+            for future in futures:
+                future.cancel()  # frees the client's pending slots on timeout; no-op if done
+        for result in done:
+            if isinstance(result, BaseException):
+                raise result
+            if result.stream != self.stream:
+                raise PublishError(f"acked by stream {result.stream}, not {self.stream}")
+
+    async def _wait_for_appends(self, stop: asyncio.Event) -> None:
+        """Until a NOTIFY, the poll interval, or stop (looked at every quarter second). Queued
+        NOTIFYs are drained: one read covers every append they announce."""
+        conn = self.lease.conn
+        deadline = time.monotonic() + self.poll_s
+        while not stop.is_set() and (remaining := deadline - time.monotonic()) > 0:
+            if await _notified(conn, min(remaining, _STOP_CHECK_S)):
+                async for _ in conn.notifies(timeout=0):
+                    pass
+                return
+
+
+async def _notified(conn: psycopg.AsyncConnection, timeout: float) -> bool:
+    # Closed explicitly: the generator holds the connection's lock until it finishes.
+    async with contextlib.aclosing(conn.notifies(timeout=timeout, stop_after=1)) as notifies:
+        async for _ in notifies:
+            return True
+    return False

@@ -1,0 +1,107 @@
+"""The outbox relay against real PostgreSQL and NATS: order, envelopes and links, dedup on
+republish, and a standby taking over when the active relay's connection dies."""
+
+from __future__ import annotations
+
+import psycopg
+
+from ledger.checkpoints import RELAY, read_checkpoint, set_checkpoint
+from ledger.envelopes import from_cloudevent
+from schema.envelope import event_subject
+from schema.positions import LogPosition
+from tests.pipeline_support import (
+    eventually,
+    make_relay,
+    read_ledger,
+    relay_done,
+    running,
+    stream_content,
+    write_leads,
+)
+
+
+async def test_relay_publishes_every_event_once_in_ledger_order(infra, store, pool):
+    written = await write_leads(store, 60)
+    async with running(make_relay(infra, store, pool, batch_size=50)):
+        await eventually(lambda: relay_done(pool, store), 20, "the relay to publish")
+    ledger = await read_ledger(store)
+    content = await stream_content(infra.nats_url, infra.stream, infra.subject_prefix)
+
+    assert len(ledger) == written == len(content.envelopes)
+    previous = LogPosition()
+    for recorded, msg, envelope in zip(ledger, content.messages, content.envelopes, strict=True):
+        assert msg.headers["Nats-Msg-Id"] == recorded.event_id == envelope.id
+        assert msg.subject == event_subject(
+            infra.subject_prefix, recorded.workspace, recorded.stream_id,
+            recorded.event.event_type,
+        )
+        assert envelope.position == recorded.log_position.token()
+        assert envelope.previous == previous.token()
+        assert from_cloudevent(envelope) == recorded  # decrypted data, metadata, time, version
+        previous = recorded.log_position
+
+
+async def test_new_appends_wake_the_relay(infra, store, pool):
+    relay = make_relay(infra, store, pool, poll_s=30.0)  # only a NOTIFY can wake it in time
+    async with running(relay):
+        await eventually(lambda: _holds(relay), 10, "the lease")
+        written = await write_leads(store, 5)
+        await eventually(lambda: relay_done(pool, store), 5, "the relay to publish")
+    content = await stream_content(infra.nats_url, infra.stream, infra.subject_prefix)
+    assert len(content.envelopes) == written
+
+
+async def test_republishing_from_an_older_checkpoint_is_deduplicated(infra, store, pool):
+    written = await write_leads(store, 30)
+    async with running(make_relay(infra, store, pool)):
+        await eventually(lambda: relay_done(pool, store), 20, "the relay to publish")
+    # As if the relay had crashed after publishing, before checkpointing.
+    async with pool.connection() as conn:
+        await set_checkpoint(conn, RELAY, LogPosition())
+    async with running(make_relay(infra, store, pool)):
+        await eventually(lambda: relay_done(pool, store), 20, "the relay to republish")
+    content = await stream_content(infra.nats_url, infra.stream, infra.subject_prefix)
+    assert len(content.envelopes) == written
+    assert len({e.id for e in content.envelopes}) == written
+
+
+async def test_a_standby_takes_over_when_the_active_relay_connection_dies(infra, store, pool):
+    # The first relay looks again only after a minute: once its session is killed it is as
+    # good as dead, and the standby must carry on alone.
+    first = make_relay(infra, store, pool, lease_poll_s=60.0)
+    standby = make_relay(infra, store, pool, lease_poll_s=0.1)
+    async with running(first):
+        await eventually(lambda: _holds(first), 10, "the first relay's lease")
+        async with running(standby):
+            written = await write_leads(store, 20)
+            await eventually(lambda: relay_done(pool, store), 20, "the first relay to publish")
+            assert not await _holds(standby)
+
+            async with pool.connection() as conn:
+                await conn.execute(
+                    "SELECT pg_terminate_backend(%s)", (first.lease.conn.info.backend_pid,)
+                )
+            await eventually(lambda: _holds(standby), 10, "the standby to take over")
+            written += await write_leads(store, 20, seed=8)
+            await eventually(lambda: relay_done(pool, store), 20, "the standby to publish")
+            assert not await _holds(first)
+
+    content = await stream_content(infra.nats_url, infra.stream, infra.subject_prefix)
+    assert len(content.envelopes) == written == len({e.id for e in content.envelopes})
+    async with pool.connection() as conn:
+        assert await read_checkpoint(conn, RELAY) == (await read_ledger(store))[-1].log_position
+
+
+async def _holds(relay) -> bool:
+    conn = relay.lease._conn
+    if conn is None or conn.closed:
+        return False
+    try:
+        cur = await conn.execute(
+            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid()"
+            " AND granted"
+        )
+        row = await cur.fetchone()
+    except psycopg.Error:
+        return False
+    return bool(row and row[0])
