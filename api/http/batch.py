@@ -10,7 +10,6 @@ item's errors, and otherwise all leads are appended in one ledger transaction.
 from __future__ import annotations
 
 import asyncio
-import re
 import uuid
 from typing import Annotated, Any
 
@@ -23,7 +22,13 @@ from api.http.context import write_metadata
 from api.http.docs import IdempotencyKeyHeader, ReasonHeader
 from api.http.idempotency import Reply, derived_id, derived_ids, reply, run_idempotent
 from api.http.leads import WRITE_PROBLEMS, create_one, lead_of_state, new_lead
-from api.http.problems import FieldError, ProblemError, problem_type_uri, problem_responses
+from api.http.problems import (
+    FieldError,
+    ProblemError,
+    field_error,
+    problem_responses,
+    problem_type_uri,
+)
 from api.http.representations import (
     BatchItemError,
     BatchItemResult,
@@ -46,8 +51,6 @@ from schema.positions import LogPosition
 CONCURRENCY = 4
 """Items created at once in a non-atomic batch: enough to hide round trips, few enough to
 leave the connection pool to other requests."""
-
-_AT = re.compile(r"^(.*) - at `\$\.?([^`]*)`$")
 
 _STAMPS = """
 SELECT e.stream_id, e.recorded_at, e.transaction_id, e.position
@@ -85,11 +88,9 @@ def _validated(
         item.fields = normalized.fields
         item.events = decide(INITIAL, command)
     except msgspec.ValidationError as exc:
-        message, field = str(exc), "item"
-        if match := _AT.match(message):
-            message, field = match.group(1), match.group(2) or "item"
-        item.errors = [FieldError(field=field, message=message)]
-        item.detail = f"{field}: {message}"
+        error = field_error(str(exc))
+        item.errors = [error]
+        item.detail = f"{error.field}: {error.message}"
     except InvalidValue as exc:
         item.errors = [FieldError(field=exc.field, message=str(exc).split(": ", 1)[-1])]
         item.detail = str(exc)

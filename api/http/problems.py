@@ -170,9 +170,6 @@ def problem_response(
 
 # -- mapping exceptions to problems ------------------------------------------------------------
 
-_MSGSPEC_PATH = re.compile(r" - at `\$((?:\.[^`.\[]+|\[\d+\])*)`$")
-
-
 def field_errors_from_validation(extra: Any) -> list[FieldError]:
     """Litestar's ValidationException.extra (msgspec messages) as FieldErrors."""
     errors: list[FieldError] = []
@@ -196,6 +193,23 @@ def field_errors_from_validation(extra: Any) -> list[FieldError]:
             field = f"{source}:{field}" if field else source
         errors.append(FieldError(field=field, message=message))
     return errors
+
+
+def field_error(message: str) -> FieldError:
+    """A msgspec validation message (`Expected ... - at `$.field``) as a FieldError."""
+    unknown = re.match(r"Object contains unknown field `([^`]+)`(?: - at `\$\.?([^`]*)`)?$",
+                       message)
+    if unknown:
+        name = ".".join(p for p in (unknown.group(2), unknown.group(1)) if p)
+        return FieldError(field=name, message=f"unknown field `{unknown.group(1)}`: not part "
+                          "of this resource")
+    missing = re.match(r"Object missing required field `([^`]+)`", message)
+    if missing:
+        return FieldError(field=missing.group(1), message="required")
+    located = re.match(r"^(.*) - at `\$\.?([^`]*)`$", message)
+    if located:
+        return FieldError(field=located.group(2) or "body", message=located.group(1))
+    return FieldError(field="body", message=message)
 
 
 def to_problem(exc: Exception) -> ProblemError:
