@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 import msgspec
 import nats
+import psycopg
 from nats.aio.msg import Msg
 from psycopg_pool import AsyncConnectionPool
 
@@ -234,3 +235,19 @@ async def reached(pool: AsyncConnectionPool, store: EventStore, name: str) -> bo
 
 async def relay_done(pool: AsyncConnectionPool, store: EventStore) -> bool:
     return await reached(pool, store, RELAY)
+
+
+async def holds_lease(worker: Relay | ProjectionRunner) -> bool:
+    """Does this worker's lease session hold its advisory lock right now?"""
+    conn = worker.lease._conn
+    if conn is None or conn.closed:
+        return False
+    try:
+        cur = await conn.execute(
+            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted"
+            " AND pid = pg_backend_pid()"
+        )
+        row = await cur.fetchone()
+    except psycopg.Error:
+        return False
+    return bool(row and row[0])

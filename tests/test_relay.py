@@ -3,14 +3,13 @@ republish, and a standby taking over when the active relay's connection dies."""
 
 from __future__ import annotations
 
-import psycopg
-
 from ledger.checkpoints import RELAY, read_checkpoint, set_checkpoint
 from ledger.envelopes import from_cloudevent
 from schema.envelope import event_subject
 from schema.positions import LogPosition
 from tests.pipeline_support import (
     eventually,
+    holds_lease,
     make_relay,
     read_ledger,
     relay_done,
@@ -44,7 +43,7 @@ async def test_relay_publishes_every_event_once_in_ledger_order(infra, store, po
 async def test_new_appends_wake_the_relay(infra, store, pool):
     relay = make_relay(infra, store, pool, poll_s=30.0)  # only a NOTIFY can wake it in time
     async with running(relay):
-        await eventually(lambda: _holds(relay), 10, "the lease")
+        await eventually(lambda: holds_lease(relay), 10, "the lease")
         written = await write_leads(store, 5)
         await eventually(lambda: relay_done(pool, store), 5, "the relay to publish")
     content = await stream_content(infra.nats_url, infra.stream, infra.subject_prefix)
@@ -71,37 +70,22 @@ async def test_a_standby_takes_over_when_the_active_relay_connection_dies(infra,
     first = make_relay(infra, store, pool, lease_poll_s=60.0)
     standby = make_relay(infra, store, pool, lease_poll_s=0.1)
     async with running(first):
-        await eventually(lambda: _holds(first), 10, "the first relay's lease")
+        await eventually(lambda: holds_lease(first), 10, "the first relay's lease")
         async with running(standby):
             written = await write_leads(store, 20)
             await eventually(lambda: relay_done(pool, store), 20, "the first relay to publish")
-            assert not await _holds(standby)
+            assert not await holds_lease(standby)
 
             async with pool.connection() as conn:
                 await conn.execute(
                     "SELECT pg_terminate_backend(%s)", (first.lease.conn.info.backend_pid,)
                 )
-            await eventually(lambda: _holds(standby), 10, "the standby to take over")
+            await eventually(lambda: holds_lease(standby), 10, "the standby to take over")
             written += await write_leads(store, 20, seed=8)
             await eventually(lambda: relay_done(pool, store), 20, "the standby to publish")
-            assert not await _holds(first)
+            assert not await holds_lease(first)
 
     content = await stream_content(infra.nats_url, infra.stream, infra.subject_prefix)
     assert len(content.envelopes) == written == len({e.id for e in content.envelopes})
     async with pool.connection() as conn:
         assert await read_checkpoint(conn, RELAY) == (await read_ledger(store))[-1].log_position
-
-
-async def _holds(relay) -> bool:
-    conn = relay.lease._conn
-    if conn is None or conn.closed:
-        return False
-    try:
-        cur = await conn.execute(
-            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid()"
-            " AND granted"
-        )
-        row = await cur.fetchone()
-    except psycopg.Error:
-        return False
-    return bool(row and row[0])

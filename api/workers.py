@@ -1,0 +1,143 @@
+"""Background workers: the outbox relay and the projection runners.
+
+    python -m api.workers relay
+    python -m api.workers project lead
+
+Each reads its settings from the environment (external servers only: LEADLEDGER_DATABASE_URL,
+LEADLEDGER_NATS_URL, LEADLEDGER_MASTER_KEY, LEADLEDGER_STREAM and LEADLEDGER_SUBJECT_PREFIX are
+required) and stops cleanly on SIGINT or SIGTERM. `leadledger up` runs them all in-process
+beside the HTTP server through `run_workers`. Any number of copies may run: leases keep exactly
+one of each active and the others on standby.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import os
+import random
+import signal
+import sys
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+import structlog
+
+from api.logs import configure_logging
+from api.runtime import Runtime, open_runtime
+from api.settings import Settings, load_settings
+from ledger.relay import Relay
+from projections.leads import LeadsProjection
+from projections.runner import Projection, ProjectionRunner
+
+log = structlog.get_logger(__name__)
+
+REQUIRED_ENV = (
+    "LEADLEDGER_DATABASE_URL",
+    "LEADLEDGER_NATS_URL",
+    "LEADLEDGER_MASTER_KEY",
+    "LEADLEDGER_STREAM",
+    "LEADLEDGER_SUBJECT_PREFIX",
+)
+
+PROJECTIONS: dict[str, Callable[[Runtime], Projection]] = {
+    "lead": lambda runtime: LeadsProjection(runtime.store),
+}
+
+_USAGE = "usage: python -m api.workers relay | project <" + "|".join(PROJECTIONS) + ">"
+
+
+def make_relay(runtime: Runtime) -> Relay:
+    settings = runtime.settings
+    return Relay(
+        runtime.store, runtime.pool, runtime.nats_url, settings.stream, settings.subject_prefix,
+        max_age_s=_max_age_s(settings), duplicate_window_s=settings.duplicate_window_s,
+    )
+
+
+def make_runner(runtime: Runtime, name: str) -> ProjectionRunner:
+    settings = runtime.settings
+    return ProjectionRunner(
+        PROJECTIONS[name](runtime), runtime.store, runtime.pool, runtime.nats_url,
+        settings.stream, settings.subject_prefix,
+        max_age_s=_max_age_s(settings), duplicate_window_s=settings.duplicate_window_s,
+    )
+
+
+def _max_age_s(settings: Settings) -> float:
+    return settings.stream_max_age_days * 86_400
+
+
+async def run_workers(runtime: Runtime, stop: asyncio.Event) -> None:
+    """The relay and every projection, concurrently, until `stop` is set."""
+    async with asyncio.TaskGroup() as group:
+        group.create_task(_supervise("relay", lambda: make_relay(runtime).run(stop), stop))
+        for name in PROJECTIONS:
+            run = functools.partial(_run_projection, runtime, name, stop)
+            group.create_task(_supervise(f"project {name}", run, stop))
+
+
+async def _run_projection(runtime: Runtime, name: str, stop: asyncio.Event) -> None:
+    await make_runner(runtime, name).run(stop)
+
+
+async def _supervise(
+    label: str, run: Callable[[], Coroutine[Any, Any, None]], stop: asyncio.Event
+) -> None:
+    """Restarts a worker that crashed (a bug, a bad message), backing off up to a minute:
+    the other workers and the HTTP API keep running meanwhile."""
+    failures = 0
+    while not stop.is_set():
+        try:
+            await run()
+            return
+        except Exception:
+            failures += 1
+            delay = min(60.0, 2.0**failures) * random.uniform(0.5, 1.0)
+            log.exception("worker crashed", worker=label, restart_in_s=round(delay, 1))
+            try:
+                await asyncio.wait_for(stop.wait(), delay)
+            except TimeoutError:
+                pass
+
+
+async def run_one(argv: list[str], settings: Settings) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    assert settings.database_url and settings.nats_url and settings.master_key
+    runtime = await open_runtime(
+        settings, settings.database_url, settings.nats_url, settings.master_key
+    )
+    try:
+        if argv == ["relay"]:
+            await make_relay(runtime).run(stop)
+        else:
+            await make_runner(runtime, argv[1]).run(stop)
+    finally:
+        await runtime.close()
+    log.info("worker stopped", worker=" ".join(argv))
+
+
+def _valid(argv: list[str]) -> bool:
+    return argv == ["relay"] or (len(argv) == 2 and argv[0] == "project" and argv[1] in PROJECTIONS)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if not _valid(argv):
+        print(_USAGE, file=sys.stderr)
+        return 2
+    missing = [name for name in REQUIRED_ENV if not os.environ.get(name)]
+    if missing:
+        print("missing settings: " + ", ".join(missing), file=sys.stderr)
+        return 2
+    settings = load_settings()
+    configure_logging(settings.log_format, settings.log_level)
+    asyncio.run(run_one(argv, settings))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,245 @@
+"""The projection runner: feeds one projection from the ledger and NATS, exactly once.
+
+The ledger is the source of truth and NATS the fast path. On start (and whenever NATS is away
+or quiet) the runner reads the ledger gap-safely after its checkpoint; otherwise it consumes a
+durable pull consumer. Every envelope names the position published before it: when that is not
+the runner's checkpoint, NATS lost or no longer holds something, and the runner reads the gap
+from the ledger instead of skipping it. Messages at or before the checkpoint are duplicates.
+
+Each batch is one transaction on the lease connection: take the projection's apply lock (a
+rebuild's swap takes it too), re-read the checkpoint, apply, advance the checkpoint, commit;
+then ack. Killing the runner at any instant loses nothing and applies nothing twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import time
+from typing import Protocol
+
+import msgspec
+import nats.errors
+import psycopg
+import structlog
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from psycopg_pool import AsyncConnectionPool
+
+from ledger.checkpoints import advance_checkpoint, read_checkpoint
+from ledger.envelopes import from_cloudevent
+from ledger.jetstream import connect_nats, ensure_stream
+from ledger.lease import Lease, LeaseLost, lock_id, wait_for_stop
+from ledger.store import EventStore, RecordedEvent
+from schema.envelope import decode_envelope, stream_subjects
+from schema.positions import LogPosition
+
+log = structlog.get_logger(__name__)
+
+
+class Projection(Protocol):
+    """A read model. `apply` runs inside the runner's transaction and must be idempotent per
+    lead version; `tables` are what a rebuild shadows; `shadow` writes into those shadows."""
+
+    name: str
+    tables: tuple[str, ...]
+
+    async def apply(self, conn: psycopg.AsyncConnection, events: list[RecordedEvent]) -> None: ...
+
+    def shadow(self, suffix: str) -> Projection: ...
+
+
+class CheckpointMoved(RuntimeError):
+    """The stored checkpoint is behind what this runner applied: someone reset it."""
+
+
+def apply_lock_id(name: str) -> int:
+    """Held (transaction-scoped) by every batch of projection `name` and by its rebuild swap."""
+    return lock_id(f"apply:{name}")
+
+
+async def apply_batch(
+    conn: psycopg.AsyncConnection,
+    projection: Projection,
+    events: list[RecordedEvent],
+    expected: LogPosition,
+) -> LogPosition:
+    """Applies `events` (contiguous in ledger order after `expected`) and advances the
+    checkpoint, in one transaction. Returns the checkpoint now stored."""
+    async with conn.transaction():
+        await conn.execute("SELECT pg_advisory_xact_lock(%s)", (apply_lock_id(projection.name),))
+        stored = await read_checkpoint(conn, projection.name, for_update=True)
+        if stored < expected:
+            raise CheckpointMoved(f"{projection.name} is at {stored.token()}, not {expected.token()}")
+        fresh = [e for e in events if e.log_position > stored]
+        if not fresh:
+            return stored
+        await projection.apply(conn, fresh)
+        await advance_checkpoint(conn, projection.name, fresh[-1].log_position)
+        return fresh[-1].log_position
+
+
+class ProjectionRunner:
+    def __init__(
+        self,
+        projection: Projection,
+        store: EventStore,
+        pool: AsyncConnectionPool,
+        nats_url: str,
+        stream: str,
+        subject_prefix: str,
+        *,
+        max_age_s: float,
+        duplicate_window_s: float,
+        batch_size: int = 500,
+        fetch_timeout_s: float = 1.0,
+        idle_check_s: float = 2.0,
+        lease_poll_s: float = 0.5,
+    ) -> None:
+        self.projection = projection
+        self.store = store
+        self.nats_url = nats_url
+        self.stream = stream
+        self.prefix = subject_prefix
+        self.max_age_s = max_age_s
+        self.duplicate_window_s = duplicate_window_s
+        self.batch_size = batch_size
+        self.fetch_timeout_s = fetch_timeout_s
+        self.idle_check_s = idle_check_s
+        self.lease = Lease(pool.conninfo, f"projection-{projection.name}", poll_s=lease_poll_s)
+        self.cursor = LogPosition()
+        self.duplicates = 0
+        """Messages skipped as at or before the checkpoint (redeliveries, ledger catch-up)."""
+        self.gaps = 0
+        """Times a broken `previous` link sent the runner to the ledger."""
+        self._last_ledger_check = 0.0
+
+    @property
+    def durable(self) -> str:
+        return f"projection-{self.projection.name}"
+
+    async def run(self, stop: asyncio.Event) -> None:
+        try:
+            lost = False
+            while await self.lease.acquire(stop, after_loss=lost):
+                lost = True
+                try:
+                    await self._hold(stop)
+                except (LeaseLost, psycopg.OperationalError) as exc:
+                    log.warning("projection lost its lease", projection=self.durable, error=str(exc))
+                finally:
+                    await self.lease.release()
+        finally:
+            await self.lease.release()
+
+    async def _hold(self, stop: asyncio.Event) -> None:
+        self.cursor = await read_checkpoint(self.lease.conn, self.projection.name)
+        log.info("projecting", projection=self.projection.name, after=self.cursor.token())
+        failures = 0
+        while not stop.is_set():
+            nc = None
+            try:
+                await self.catch_up(stop)
+                nc = await connect_nats(self.nats_url, name=f"leadledger-{self.durable}")
+                psub = await self.subscribe(nc.jetstream())
+                # Anything published before the consumer existed is in the ledger by now.
+                await self.catch_up(stop)
+                failures = 0
+                await self._consume(psub, stop)
+            except (nats.errors.Error, OSError) as exc:
+                failures += 1
+                delay = min(5.0, 0.25 * 2**failures) * random.uniform(0.5, 1.0)
+                log.warning("projection lost NATS; reading the ledger meanwhile",
+                            projection=self.projection.name, error=repr(exc))
+                await wait_for_stop(stop, delay)
+            except CheckpointMoved as exc:
+                log.warning("checkpoint moved", error=str(exc))
+                self.cursor = await read_checkpoint(self.lease.conn, self.projection.name)
+            finally:
+                if nc is not None:
+                    with contextlib.suppress(Exception):
+                        await nc.close()
+
+    async def subscribe(self, js: JetStreamContext) -> JetStreamContext.PullSubscription:
+        await ensure_stream(
+            js, self.stream, self.prefix,
+            max_age_s=self.max_age_s, duplicate_window_s=self.duplicate_window_s,
+        )
+        # A new consumer starts at new messages: everything older is read from the ledger,
+        # and a message whose predecessor we never saw triggers a ledger read anyway.
+        config = ConsumerConfig(
+            ack_policy=AckPolicy.ALL,
+            deliver_policy=DeliverPolicy.NEW,
+            max_ack_pending=self.batch_size * 4,
+            ack_wait=60,
+        )
+        return await js.pull_subscribe(
+            stream_subjects(self.prefix), durable=self.durable, stream=self.stream, config=config
+        )
+
+    # -- the ledger path ------------------------------------------------------------------
+
+    async def catch_up(self, stop: asyncio.Event, until: LogPosition | None = None) -> None:
+        """Applies the ledger after the checkpoint, batch by batch, up to `until` (inclusive)
+        or the readable horizon."""
+        self._last_ledger_check = time.monotonic()
+        while not stop.is_set() and (until is None or self.cursor < until):
+            events = await self.store.read_all(self.cursor, self.batch_size)
+            if until is not None:
+                events = [e for e in events if e.log_position <= until]
+                if not events:
+                    raise LookupError(f"{until.token()} is not readable in the ledger")
+            if not events:
+                return
+            self.cursor = await apply_batch(self.lease.conn, self.projection, events, self.cursor)
+            if until is None and len(events) < self.batch_size:
+                return
+
+    # -- the NATS path --------------------------------------------------------------------
+
+    async def _consume(self, psub: JetStreamContext.PullSubscription, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            try:
+                msgs = await psub.fetch(self.batch_size, timeout=self.fetch_timeout_s)
+            except nats.errors.TimeoutError:
+                # Quiet: a lost last message has no successor to reveal it, so look.
+                if time.monotonic() - self._last_ledger_check > self.idle_check_s:
+                    await self.catch_up(stop)
+                continue
+            await self.handle_messages(msgs, stop)
+            await msgs[-1].ack()  # AckPolicy.ALL: acknowledges the whole batch
+
+    async def handle_messages(self, msgs: list[Msg], stop: asyncio.Event) -> None:
+        """Applies a fetched batch in order, reading any gap from the ledger."""
+        pending: list[RecordedEvent] = []
+        tip = self.cursor  # the last event applied or pending
+        for msg in msgs:
+            try:
+                envelope = decode_envelope(msg.data)
+                position = LogPosition.parse(envelope.position)
+                previous = LogPosition.parse(envelope.previous)
+            except (msgspec.DecodeError, ValueError) as exc:
+                # Not ours or corrupt: skip it; if it hid an event, the next link shows the gap.
+                log.error("undecodable message", subject=msg.subject, error=str(exc))
+                continue
+            if position <= tip:
+                self.duplicates += 1  # redelivered, or already read from the ledger
+                continue
+            if previous != tip:
+                self.gaps += 1
+                await self._flush(pending)
+                pending = []
+                log.info("gap in NATS, reading the ledger", after=self.cursor.token(),
+                         until=position.token())
+                await self.catch_up(stop, until=position)
+                tip = self.cursor  # short of `position` only if stopping
+            else:
+                pending.append(from_cloudevent(envelope, self.store.registry))
+                tip = position
+        await self._flush(pending)
+
+    async def _flush(self, events: list[RecordedEvent]) -> None:
+        if events:
+            self.cursor = await apply_batch(self.lease.conn, self.projection, events, self.cursor)

@@ -1,0 +1,184 @@
+"""The lead projection and its runner against real PostgreSQL and NATS: the read model equals a
+fresh fold of the ledger, duplicates apply nothing twice, and whatever NATS loses or no longer
+keeps is read from the ledger."""
+
+from __future__ import annotations
+
+import asyncio
+
+import nats
+
+from ledger.checkpoints import read_checkpoint
+from ledger.store import NewEvent
+from projections.checkpoints import wait_for
+from projections.leads import LeadsProjection, get_lead
+from projections.runner import apply_batch
+from schema.events import LeadCreated, LeadErased, LeadFields, LeadFieldsChanged, LeadTagged
+from schema.positions import LogPosition
+from tests.pipeline_support import (
+    META,
+    eventually,
+    fresh_fold,
+    holds_lease,
+    make_relay,
+    make_runner,
+    read_ledger,
+    read_model,
+    reached,
+    relay_done,
+    running,
+    stream_content,
+    write_leads,
+)
+
+
+async def test_live_projection_equals_a_fresh_fold_of_the_ledger(infra, store, pool):
+    async with running(make_relay(infra, store, pool), make_runner(infra, store, pool)):
+        await write_leads(store, 300, writers=3)
+        await eventually(lambda: reached(pool, store, "lead"), 30, "the projection to catch up")
+    assert await read_model(pool) == await fresh_fold(store)
+
+
+async def test_read_your_writes_through_relay_and_nats(infra, store, pool):
+    async with running(make_relay(infra, store, pool), make_runner(infra, store, pool)):
+        await write_leads(store, 5)
+        await eventually(lambda: reached(pool, store, "lead"), 20, "the projection to start")
+        created = LeadCreated(lead_id="RYW", fields=LeadFields(company="Initech"), stage="mql")
+        result = await store.append("ws-a", "RYW", 0, [NewEvent(created)], META)
+        assert await wait_for(pool, "lead", result.last, timeout=5)
+        async with pool.connection() as conn:
+            row = await get_lead(conn, "ws-a", "RYW")
+            assert row is not None and row.company == "Initech" and row.stage == "mql"
+            assert await get_lead(conn, "ws-b", "RYW") is None  # never across workspaces
+    assert not await wait_for(pool, "lead", LogPosition(10**12, 0), timeout=0.05)
+
+
+async def test_the_same_events_applied_twice_change_nothing(infra, store, pool):
+    await write_leads(store, 40)
+    events = await read_ledger(store)
+    projection = LeadsProjection(store)
+    async with pool.connection() as conn:
+        head = await apply_batch(conn, projection, events, LogPosition())
+        once = await read_model(pool)
+        assert await apply_batch(conn, projection, events, LogPosition()) == head
+        # Below the checkpoint too: per-lead versions alone make the apply idempotent.
+        async with conn.transaction():
+            await projection.apply(conn, events[len(events) // 2:])
+            await projection.apply(conn, events)
+    assert await read_model(pool) == once == await fresh_fold(store)
+
+
+async def test_a_message_delivered_twice_is_applied_once(infra, store, pool):
+    runner = make_runner(infra, store, pool)
+    async with running(runner):
+        await eventually(lambda: _subscribed(infra, runner.durable), 10, "the consumer")
+        written = await write_leads(store, 20)
+        async with running(make_relay(infra, store, pool)):
+            await eventually(lambda: relay_done(pool, store), 20, "the relay")
+        # Redeliver: the same envelopes again, under fresh message ids so NATS keeps them.
+        await _republish(infra, count=written // 2)
+        await write_leads(store, 5, seed=9)  # proves the runner moved past them
+        async with running(make_relay(infra, store, pool)):
+            await eventually(lambda: reached(pool, store, "lead"), 20, "the projection")
+    assert runner.duplicates >= written // 2 and runner.gaps == 0
+    assert await read_model(pool) == await fresh_fold(store)
+
+
+async def test_a_message_deleted_from_nats_is_read_from_the_ledger(infra, store, pool):
+    runner = make_runner(infra, store, pool)
+    stop = asyncio.Event()
+    assert await runner.lease.acquire(stop)
+    nc = await nats.connect(infra.nats_url)
+    try:
+        psub = await runner.subscribe(nc.jetstream())
+        await write_leads(store, 30)
+        async with running(make_relay(infra, store, pool)):
+            await eventually(lambda: relay_done(pool, store), 20, "the relay")
+        js = nc.jetstream()
+        total = (await js.stream_info(infra.stream)).state.messages
+        await js.delete_msg(infra.stream, total // 2)  # NATS lost one, mid-stream
+        await js.delete_msg(infra.stream, total)  # and the very last one
+        msgs = await psub.fetch(total, timeout=5)
+        assert len(msgs) == total - 2
+        await runner.handle_messages(msgs, stop)
+        assert runner.gaps == 1
+        # Only the next message (or the idle look at the ledger) reveals a lost last one.
+        await runner.catch_up(stop)
+    finally:
+        await nc.close()
+        await runner.lease.release()
+    ledger = await read_ledger(store)
+    assert runner.cursor == ledger[-1].log_position
+    assert await read_model(pool) == await fresh_fold(store)
+
+
+async def test_catch_up_from_the_ledger_when_the_stream_lost_old_messages(infra, store, pool):
+    await write_leads(store, 50)
+    async with running(make_relay(infra, store, pool)):
+        await eventually(lambda: relay_done(pool, store), 20, "the relay")
+    nc = await nats.connect(infra.nats_url)
+    await nc.jetstream().purge_stream(infra.stream)  # retention dropped everything so far
+    await nc.close()
+    async with running(make_relay(infra, store, pool), make_runner(infra, store, pool)):
+        await write_leads(store, 50, seed=11)
+        await eventually(lambda: reached(pool, store, "lead"), 20, "the projection")
+    assert await read_model(pool) == await fresh_fold(store)
+
+
+async def test_a_lead_whose_later_event_arrives_first_reads_its_tail(infra, store, pool):
+    """A lead's version 3 reaching the projection before versions 1-2 (they commit in another
+    order, or were lost) fetches the missing predecessors instead of skipping them."""
+    created = LeadCreated(lead_id="G", fields=LeadFields(first_name="Grace"), stage="lead")
+    await store.append("ws-a", "G", 0, [NewEvent(created), NewEvent(LeadTagged(tag="a"))], META)
+    await store.append("ws-a", "G", 2, [NewEvent(LeadFieldsChanged(
+        changes=LeadFields(company="Navy")))], META)
+    events = await read_ledger(store)
+    async with pool.connection() as conn, conn.transaction():
+        await LeadsProjection(store).apply(conn, events[2:])
+        await LeadsProjection(store).apply(conn, events[:2])
+    row = (await read_model(pool))[("ws-a", "G")]
+    assert (row.version, row.first_name, row.tags, row.company) == (3, "Grace", ["a"], "Navy")
+
+
+async def test_a_second_runner_stands_by(infra, store, pool):
+    first, second = make_runner(infra, store, pool), make_runner(infra, store, pool)
+    async with running(first, second, make_relay(infra, store, pool)):
+        await write_leads(store, 30)
+        await eventually(lambda: reached(pool, store, "lead"), 20, "the projection")
+        assert [await holds_lease(first), await holds_lease(second)].count(True) == 1
+    assert await read_model(pool) == await fresh_fold(store)
+    async with pool.connection() as conn:
+        assert await read_checkpoint(conn, "lead") == (await read_ledger(store))[-1].log_position
+
+
+async def test_erased_leads_leave_the_read_model(infra, store, pool):
+    created = LeadCreated(lead_id="E", fields=LeadFields(email="e@example.com"), stage="lead")
+    await store.append("ws-a", "E", 0, [NewEvent(created)], META)
+    async with running(make_relay(infra, store, pool), make_runner(infra, store, pool)):
+        await eventually(lambda: reached(pool, store, "lead"), 20, "the projection")
+        assert ("ws-a", "E") in await read_model(pool)
+        await store.append("ws-a", "E", 1, [NewEvent(LeadErased())], META)
+        await eventually(lambda: reached(pool, store, "lead"), 20, "the erasure")
+    assert ("ws-a", "E") not in await read_model(pool)
+
+
+async def _subscribed(infra, durable: str) -> bool:
+    nc = await nats.connect(infra.nats_url)
+    try:
+        await nc.jetstream().consumer_info(infra.stream, durable)
+        return True
+    except Exception:
+        return False
+    finally:
+        await nc.close()
+
+
+async def _republish(infra, count: int) -> None:
+    content = await stream_content(infra.nats_url, infra.stream, infra.subject_prefix)
+    nc = await nats.connect(infra.nats_url)
+    js = nc.jetstream()
+    for msg in content.messages[:count]:
+        await js.publish(msg.subject, msg.data)  # no Nats-Msg-Id: stored again
+    info = await js.stream_info(infra.stream)
+    assert info.state.messages == len(content.messages) + count
+    await nc.close()
