@@ -11,6 +11,8 @@ ETag), the ledger times it was created and last changed, and the position of its
 
 from __future__ import annotations
 
+import asyncio
+import random
 from collections.abc import Callable, Sequence
 from datetime import datetime
 
@@ -22,6 +24,7 @@ from tenacity import (
     wait_random_exponential,
 )
 
+from api.http.problems import ProblemError
 from ledger.errors import ConcurrencyError, LeadNotFound
 from ledger.ingest import CREATED, Ingestor, NewLead
 from ledger.lead import INITIAL, LeadState, decide, evolve, fold
@@ -64,6 +67,17 @@ WHERE l.workspace = %s AND l.stream_id = %s AND l.version = %s
 """
 
 
+CONTENDED_ROUNDS = 5
+"""Rounds of LeadCommands' own bounded retries a write without If-Match gets on a busy lead."""
+
+
+def _contended() -> ProblemError:
+    return ProblemError(
+        "conflict", "the lead is being changed by many writers at once; retry",
+        headers={"Retry-After": "1"},
+    )
+
+
 class LeadWriter:
     def __init__(
         self,
@@ -72,7 +86,7 @@ class LeadWriter:
         ingestor: Ingestor,
         quality: QualitySettings,
         *,
-        attempts: int = 5,
+        attempts: int = 25,
     ) -> None:
         self.store = store
         self.commands = commands
@@ -118,15 +132,22 @@ class LeadWriter:
         """One command through `LeadCommands.execute`. `expected_version` is the request's
         If-Match: a mismatch is final (412); without it a concurrent writer makes the command
         re-decide against the new state, a bounded number of times."""
-        try:
-            result = await self.commands.execute(
-                workspace, lead_id, command, metadata,
-                expected_version=expected_version, event_ids=event_ids,
-            )
-        except ConcurrencyError as exc:
-            if exc.current == 0:
-                raise LeadNotFound("lead not found") from None
-            raise
+        for rounds_left in range(CONTENDED_ROUNDS - 1, -1, -1):
+            try:
+                result = await self.commands.execute(
+                    workspace, lead_id, command, metadata,
+                    expected_version=expected_version, event_ids=event_ids,
+                )
+                break
+            except ConcurrencyError as exc:
+                if exc.current == 0:
+                    raise LeadNotFound("lead not found") from None
+                if expected_version is not None:
+                    raise
+                if not rounds_left:
+                    raise _contended() from None
+                # LeadCommands retried already; many writers on one lead: back off longer.
+                await asyncio.sleep(random.uniform(0.01, 0.05))
         return await self._stamped(workspace, lead_id, result.state, result.events)
 
     async def apply(
@@ -142,15 +163,20 @@ class LeadWriter:
         as one write at one version (all or nothing). Retried like `execute`."""
         retrying = AsyncRetrying(
             stop=stop_after_attempt(1 if expected_version is not None else self.attempts),
-            wait=wait_random_exponential(multiplier=0.005, max=0.1),
+            wait=wait_random_exponential(multiplier=0.005, max=0.2),
             retry=retry_if_exception_type(ConcurrencyError),
             reraise=True,
         )
-        async for attempt in retrying:
-            with attempt:
-                state, events = await self._apply_once(
-                    workspace, lead_id, plan, metadata, expected_version
-                )
+        try:
+            async for attempt in retrying:
+                with attempt:
+                    state, events = await self._apply_once(
+                        workspace, lead_id, plan, metadata, expected_version
+                    )
+        except ConcurrencyError:
+            if expected_version is not None:
+                raise
+            raise _contended() from None
         return await self._stamped(workspace, lead_id, state, events)
 
     async def _apply_once(
