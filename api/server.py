@@ -32,7 +32,7 @@ from ledger.crypto import parse_master_key
 log = structlog.get_logger(__name__)
 
 DATABASE = "leadledger"
-HTTP_GRACE_S = 5.0
+HTTP_GRACE_S = 5
 """How long open HTTP requests get to finish once a stop is asked for."""
 WORKERS_GRACE_S = 15.0
 """How long the relay and projections get to finish their batch before they are cancelled."""

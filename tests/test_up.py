@@ -23,14 +23,6 @@ import pytest
 
 from tests.test_cli import ROOT, cli_env, run_cli
 
-try:  # TEMPORARY: until api/workers.py lands (then this guard goes)
-    import api.workers  # noqa: F401
-
-    _WORKERS = True
-except ModuleNotFoundError:
-    _WORKERS = False
-needs_workers = pytest.mark.skipif(not _WORKERS, reason="api.workers has not landed yet")
-
 START_TIMEOUT_S = 120
 STOP_TIMEOUT_S = 20
 
@@ -100,6 +92,13 @@ def _health(url: str) -> dict:
     return response.json()
 
 
+def _get_lead(url: str, auth: dict[str, str], lead_id: str, token: str | None) -> dict:
+    headers = {**auth, **({"x-consistency-token": token} if token else {})}
+    response = httpx.get(f"{url}/v1/leads/{lead_id}", headers=headers, timeout=30)
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
 def _postgres_running(data_dir: Path) -> bool:
     return (data_dir / "postgres" / "postmaster.pid").exists()
 
@@ -145,18 +144,21 @@ def data_dir(tmp_path: Path):
         EmbeddedPostgres(path).stop()
 
 
-@needs_workers
 def test_up_serves_stops_cleanly_and_keeps_its_data(data_dir: Path) -> None:
     env = cli_env()  # no LEADLEDGER_* at all: embedded servers under the data folder
 
     first = Up(data_dir, env)
-    assert _health(first.url) == {"status": "ok"}
+    assert _health(first.url)["status"] == "ok"
     assert (data_dir / "master.key").exists()
     assert _postgres_running(data_dir)
     nats_pids = _nats_pids(data_dir)
     assert len(nats_pids) == 1
 
-    # A CLI command beside `up` joins its PostgreSQL and leaves it running when it exits.
+    # CLI commands beside `up` join its PostgreSQL and leave it running when they exit.
+    issued = run_cli("keys", "create", "--data-dir", str(data_dir), "--workspace", "acme",
+                     "--role", "admin", "--name", "end to end", env=env)
+    assert issued.returncode == 0, issued.stderr
+    auth = {"authorization": f"Bearer {issued.stdout.strip()}"}
     created = run_cli(
         "lead", "create", "--data-dir", str(data_dir), "--workspace", "acme",
         "--email", "ada@example.com", "--first-name", "Ada", "--reason", "end to end", env=env,
@@ -164,8 +166,21 @@ def test_up_serves_stops_cleanly_and_keeps_its_data(data_dir: Path) -> None:
     assert created.returncode == 0, created.stderr
     lead = json.loads(created.stdout)
     assert _postgres_running(data_dir)
-    assert _health(first.url) == {"status": "ok"}
     assert _nats_pids(data_dir) == nats_pids  # not a second NATS
+
+    # The whole pipeline: ledger -> relay -> NATS -> projection -> read model -> HTTP. The
+    # consistency token makes the read wait until the read model has the write.
+    read = _get_lead(first.url, auth, lead["lead_id"], lead["position"])
+    assert read["email"] == "ada@example.com" and read["version"] == lead["version"]
+    posted = httpx.post(f"{first.url}/v1/leads", headers=auth, timeout=30,
+                        json={"email": "grace@example.com", "first_name": "Grace"})
+    assert posted.status_code == 201, posted.text
+    http_lead = posted.json()
+    read = _get_lead(first.url, auth, http_lead["id"], posted.headers["x-consistency-token"])
+    assert read["email"] == "grace@example.com"
+    status = run_cli("status", "--json", "--data-dir", str(data_dir), env=env)
+    assert status.returncode == 0, status.stderr
+    assert json.loads(status.stdout)["head"] >= 2
 
     assert first.stop("ctrl-c") == 0, first.stderr()
     assert "Traceback" not in first.stderr()
@@ -174,7 +189,7 @@ def test_up_serves_stops_cleanly_and_keeps_its_data(data_dir: Path) -> None:
 
     second = Up(data_dir, env)
     try:
-        assert _health(second.url) == {"status": "ok"}
+        assert _health(second.url)["status"] == "ok"
         shown = run_cli(
             "lead", "show", "--data-dir", str(data_dir), "--workspace", "acme", lead["lead_id"],
             env=env,
@@ -183,6 +198,8 @@ def test_up_serves_stops_cleanly_and_keeps_its_data(data_dir: Path) -> None:
         again = json.loads(shown.stdout)
         assert again["fields"]["email"] == "ada@example.com"
         assert again["version"] == lead["version"]
+        read = _get_lead(second.url, auth, http_lead["id"], None)
+        assert read["email"] == "grace@example.com"
     finally:
         code = second.stop("sigterm")
     assert code == 0, second.stderr()
@@ -200,6 +217,7 @@ def test_up_refuses_a_busy_port_in_one_line(data_dir: Path) -> None:
             [sys.executable, "-m", "api.cli", "up", "--data-dir", str(data_dir), "--port",
              str(port)],
             env=cli_env(), cwd=ROOT, capture_output=True, text=True, timeout=START_TIMEOUT_S,
+            check=False,
         )
     assert result.returncode == 1, result.stderr
     assert result.stderr.strip() == (
