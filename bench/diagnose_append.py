@@ -1,0 +1,333 @@
+"""Where an append's time goes: the evidence behind bench/RESULTS.md's reading of bench_append.
+
+    python -m bench.diagnose_append         # from the repository root; ~2.5 minutes
+
+1. Server side, no Python in the loop (pgbench, medians of interleaved repetitions): a raw
+   INSERT of the ledger's row; the same INSERT plus pg_notify in one transaction;
+   `ledger_append()` called as EventStore.append calls it; and `ledger_append()` with its
+   `pg_notify` removed. That last one is a copy made in the benchmark's own database from
+   pg_get_functiondef, an experiment only: the ledger's function and migrations are untouched.
+2. What the backends wait on while EventStore.append runs at the largest writer count,
+   against raw inserts: pg_stat_activity and ungranted pg_locks, sampled every 5 ms.
+3. Client CPU per single-event append, piece by piece (timeit, no server).
+
+Writes bench/results/append_diagnosis.json and the append-diagnosis section of RESULTS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import collections
+import os
+import threading
+import time
+import timeit
+import uuid
+
+import psycopg
+from psycopg.adapt import Transformer
+from rich.console import Console
+from rich.table import Table
+
+from bench.append_contenders import (
+    META,
+    META_SQL,
+    WORKSPACE,
+    LedgerAppend,
+    PgbenchScript,
+    RawInsert,
+    _bytea_literal,
+    create_raw_table,
+    lead_created,
+    pgbench_insert_sql,
+    row_template,
+)
+from bench.common import (
+    BenchServer,
+    Figure,
+    Results,
+    compare,
+    describe_machine,
+    fmt_rate,
+    fmt_ratio,
+    load_average,
+    machine_markdown,
+    now_iso,
+    quiet_logs,
+    update_results_md,
+    write_results,
+)
+from bench.measure import Sample, measure_guarded, median
+from ledger.crypto import Keyring, generate_master_key, parse_master_key
+from ledger.mapper import event_aad, to_stored
+from ledger.migrations import migrate
+from ledger.store import _APPEND, NewEvent
+
+_NOTIFY = "PERFORM pg_notify('leadledger_events', '');"
+
+
+def server_variants(url: str) -> list[PgbenchScript]:
+    single = row_template(1)
+    with psycopg.connect(url, autocommit=True) as conn:
+        create_raw_table(conn, "diag_raw")
+        create_raw_table(conn, "diag_raw_notify")
+        definition = conn.execute(
+            "SELECT pg_get_functiondef('ledger_append'::regproc)").fetchone()[0]
+        if _NOTIFY not in definition:
+            raise RuntimeError("ledger_append no longer calls pg_notify as this diagnosis expects")
+        conn.execute(definition.replace("FUNCTION public.ledger_append(",
+                                        "FUNCTION public.diag_append_without_notify(")
+                     .replace(_NOTIFY, ""))
+    key = _bytea_literal(os.urandom(60))  # a wrapped data key is 60 bytes
+
+    def call(function: str) -> str:
+        return (f"SELECT * FROM {function}('{WORKSPACE}', 'lead_' || md5(random()::text),"
+                f" 'lead', 0, ARRAY[gen_random_uuid()], ARRAY['{single.types[0]}'],"
+                f" ARRAY[{single.schema_versions[0]}]::smallint[],"
+                f" ARRAY[{_bytea_literal(single.data[0])}],"
+                f" ARRAY[{_bytea_literal(single.personal[0])}], {META_SQL}, {key});\n")
+
+    return [
+        PgbenchScript("raw insert", url, pgbench_insert_sql("diag_raw", single)),
+        PgbenchScript("raw insert + pg_notify", url,
+                      "BEGIN;\n" + pgbench_insert_sql("diag_raw_notify", single)
+                      + "SELECT pg_notify('leadledger_events', '');\nCOMMIT;\n"),
+        PgbenchScript("ledger_append()", url, call("ledger_append")),
+        PgbenchScript("ledger_append() without pg_notify", url,
+                      call("diag_append_without_notify")),
+    ]
+
+
+def sample_waits(url: str, contender: LedgerAppend | RawInsert, writers: int,
+                 seconds: float) -> tuple[Sample, dict[str, float], dict[str, float]]:
+    """Runs the contender while sampling what its backends wait on; returns shares."""
+    waits: collections.Counter[str] = collections.Counter()
+    locks: collections.Counter[str] = collections.Counter()
+    stop = threading.Event()
+
+    def sampler() -> None:
+        with psycopg.connect(url, autocommit=True) as conn:
+            while not stop.is_set():
+                for kind, event, state in conn.execute(
+                    "SELECT coalesce(wait_event_type, 'CPU'), coalesce(wait_event, '-'), state"
+                    " FROM pg_stat_activity WHERE backend_type = 'client backend'"
+                    " AND pid <> pg_backend_pid() AND datname = current_database()"
+                ):
+                    waits[f"{kind}:{event} ({state})"] += 1
+                for locktype, cls, objid, mode in conn.execute(
+                    "SELECT locktype, coalesce(classid::regclass::text, '-'),"
+                    " coalesce(objid::text, '-'), mode FROM pg_locks WHERE NOT granted"
+                ):
+                    locks[f"{locktype} {cls} {objid} {mode}"] += 1
+                time.sleep(0.005)
+
+    thread = threading.Thread(target=sampler)
+    thread.start()
+    try:
+        sample = contender.measure(writers, 1.0, seconds)
+    finally:
+        stop.set()
+        thread.join()
+    total = sum(waits.values()) or 1
+    return (sample, {k: round(v / total, 3) for k, v in waits.most_common(6)},
+            {k: round(v / total, 3) for k, v in locks.most_common(3)})
+
+
+def client_costs(url: str) -> dict[str, float]:
+    """Microseconds of client CPU per single-event append, for each piece EventStore does.
+    Parameters are adapted as `conn.execute` does: a new cursor, so a new Transformer, on the
+    connection's adapters, each time."""
+    keyring = Keyring(parse_master_key(generate_master_key()))
+    lead_id, event_id = f"lead_{uuid.uuid4().hex}", str(uuid.uuid4())
+    event = lead_created(lead_id, 7)
+    key = keyring.new_key(WORKSPACE, lead_id)
+    stored = to_stored(event, key, event_aad(WORKSPACE, lead_id, event_id))
+    template = row_template(1)
+    params = (WORKSPACE, lead_id, "lead", 0, [event_id], [stored.event_type],
+              [stored.schema_version], [stored.data], [stored.personal],
+              '{"source":"api"}', key.wrapped)
+    raw_params = (event_id, WORKSPACE, lead_id, template.types[0], 1, template.data[0],
+                  template.personal[0], '{"source":"api"}')
+    raw_query = ("INSERT INTO t (event_id, workspace, stream_id, version, event_type,"
+                 " schema_version, data, personal, metadata)"
+                 " VALUES (%s, %s, %s, 1, %s, %s, %s, %s, %s::jsonb)")
+    binary_query = _APPEND
+    for array in ("uuid", "text", "smallint", "bytea"):
+        binary_query = binary_query.replace(f"%s::{array}[]", f"%b::{array}[]")
+
+    from psycopg._queries import PostgresQuery
+
+    conn = psycopg.connect(url, autocommit=True)
+
+    def convert(query: str, args: tuple[object, ...]) -> None:
+        PostgresQuery(Transformer(conn)).convert(query, args)
+
+    pieces = {
+        "LeadCreated + NewEvent (uuid4)": lambda: NewEvent(lead_created(lead_id, 7)),
+        "Keyring.new_key (AES key + wrap)": lambda: keyring.new_key(WORKSPACE, lead_id),
+        "mapper.to_stored (encode + encrypt PII)":
+            lambda: to_stored(event, key, event_aad(WORKSPACE, lead_id, event_id)),
+        "metadata encode": lambda: __import__("msgspec").json.encode(META).decode(),
+        "psycopg params, ledger_append (5 text arrays, as store.py)":
+            lambda: convert(_APPEND, params),
+        "psycopg params, ledger_append (same arrays as binary, %b)":
+            lambda: convert(binary_query, params),
+        "psycopg params, raw insert (scalars)": lambda: convert(raw_query, raw_params),
+    }
+    out = {}
+    try:
+        for label, fn in pieces.items():
+            out[label] = round(min(timeit.repeat(fn, number=5000, repeat=3)) / 5000 * 1e6, 1)
+    finally:
+        conn.close()
+    return out
+
+
+async def pool_checkout_us(url: str) -> float:
+    from ledger.database import open_pool
+
+    pool = await open_pool(url, min_size=1, max_size=1, name="diag")
+    try:
+        start = time.process_time()
+        for _ in range(5000):
+            async with pool.connection():
+                pass
+        return round((time.process_time() - start) / 5000 * 1e6, 1)
+    finally:
+        await pool.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--writers", default="1,4,16")
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--warmup", type=float, default=1.0)
+    parser.add_argument("--duration", type=float, default=2.0)
+    parser.add_argument("--no-write", action="store_true")
+    args = parser.parse_args(argv)
+    writer_counts = [int(w) for w in args.writers.split(",")]
+    console = Console(width=160)
+    quiet_logs()
+    load_start = load_average()
+    samples: dict[tuple[str, int], list[Sample]] = {}
+    with BenchServer() as server:
+        machine = describe_machine(server)
+        url = server.create_database("bench_append_diagnosis")
+        asyncio.run(migrate(url))
+        variants = server_variants(url)
+        try:
+            for writers in writer_counts:
+                for _ in range(args.repeat):
+                    for variant in variants:
+                        sample, _ = measure_guarded(
+                            lambda v=variant, w=writers: v.measure(w, args.warmup,
+                                                                   args.duration),
+                            server.own_pids(), max_foreign=0.25, retries=2)
+                        samples.setdefault((variant.name, writers), []).append(sample)
+                        console.log(f"{writers:>2} writers  {variant.name:<36}"
+                                    f" {sample.rate:>9,.0f} tx/s  other load"
+                                    f" {sample.foreign_cores} cores")
+        finally:
+            for variant in variants:
+                variant.close()
+        most = writer_counts[-1]
+        waits = {}
+        for name, contender in (("EventStore.append", LedgerAppend("ledger", url, 1)),
+                                ("raw insert", RawInsert("raw", url, "diag_raw_py",
+                                                         row_template(1)))):
+            sample, states, locks = sample_waits(url, contender, most, 4.0)
+            waits[name] = {"writers": most, "rate": round(sample.rate, 1),
+                           "backend_states": states, "ungranted_locks": locks}
+            console.log(f"{name} at {most} writers: {sample.rate:,.0f}/s")
+        checkout = asyncio.run(pool_checkout_us(url))
+        costs = client_costs(url) | {
+            "AsyncConnectionPool.connection() checkout + return": checkout}
+    figures = []
+    for (name, writers), values in samples.items():
+        figure = Figure(name=name, writers=writers, unit="tx/s",
+                        value=median([v.rate for v in values]),
+                        samples=[round(v.rate, 1) for v in values],
+                        foreign_cores=[v.foreign_cores for v in values])
+        raw = samples.get(("raw insert", writers))
+        baseline = None if raw is None or name == "raw insert" else Figure(
+            name="raw insert", writers=writers, unit="tx/s",
+            value=median([v.rate for v in raw]), samples=[])
+        figures.append(compare(figure, baseline))
+    print_report(figures, waits, costs, console)
+    if args.no_write:
+        return 0
+    results = Results(
+        benchmark="append_diagnosis", date=now_iso(),
+        command="python -m bench.diagnose_append " + " ".join(argv or []),
+        settings={"writers": writer_counts, "repeat": args.repeat, "warmup": args.warmup,
+                  "duration": args.duration},
+        machine=machine, figures=figures,
+        load_average={"start": load_start, "end": load_average()},
+        details={"waits": waits, "client_cpu_us_per_append": costs},
+    )
+    write_results(results)
+    update_results_md("append-diagnosis", markdown(results, waits, costs))
+    return 0
+
+
+def print_report(figures: list[Figure], waits: dict[str, dict[str, object]],
+                 costs: dict[str, float], console: Console) -> None:
+    table = Table(title="server side, no Python: pgbench tx/s (ratio to raw insert)")
+    counts = sorted({f.writers for f in figures})
+    table.add_column("variant")
+    for w in counts:
+        table.add_column(f"{w} writers", justify="right")
+    by = {(f.name, f.writers): f for f in figures}
+    for name in dict.fromkeys(f.name for f in figures):
+        table.add_row(name, *(_cell(by.get((name, w))) for w in counts))
+    console.print(table)
+    for name, info in waits.items():
+        console.print(f"[bold]{name}[/] at {info['writers']} writers, {fmt_rate(info['rate'])}/s")
+        for label, share in {**info["backend_states"], **info["ungranted_locks"]}.items():
+            console.print(f"    {share:6.1%}  {label}")
+    costs_table = Table(title="client CPU per single-event append (µs)")
+    costs_table.add_column("piece")
+    costs_table.add_column("µs", justify="right")
+    for label, value in costs.items():
+        costs_table.add_row(label, f"{value:.1f}")
+    console.print(costs_table)
+
+
+def _cell(f: Figure | None) -> str:
+    if f is None:
+        return "-"
+    return fmt_rate(f.value) + (f" ({fmt_ratio(f.ratio)})" if f.ratio is not None else "")
+
+
+def markdown(results: Results, waits: dict[str, dict[str, object]],
+             costs: dict[str, float]) -> str:
+    counts = sorted({f.writers for f in results.figures})
+    by = {(f.name, f.writers): f for f in results.figures}
+    lines = [
+        "## Append diagnosis (`bench/diagnose_append.py`)", "",
+        f"- **Date:** {results.date}; load average at start {results.load_average['start']}",
+        f"- **Machine:** {machine_markdown(results.machine)}",
+        f"- **Reproduce:** `{results.command}`", "",
+        "Server side with no Python in the loop (pgbench, median tx/s, ratio to raw insert):", "",
+        "| variant | " + " | ".join(f"{w} writers" for w in counts) + " |",
+        "|---|" + "---:|" * len(counts),
+    ]
+    for name in dict.fromkeys(f.name for f in results.figures):
+        lines.append(f"| {name} | " + " | ".join(_cell(by.get((name, w))) for w in counts)
+                     + " |")
+    lines += ["", "What the backends wait on (share of samples, pg_stat_activity every 5 ms):",
+              ""]
+    for name, info in waits.items():
+        states = ", ".join(f"{k} {v:.0%}" for k, v in info["backend_states"].items())
+        locks = ", ".join(f"`{k}` {v:.0%}" for k, v in info["ungranted_locks"].items())
+        lines.append(f"- {name}, {info['writers']} writers, {fmt_rate(info['rate'])}/s:"
+                     f" {states}; ungranted locks: {locks or 'none'}")
+    lines += ["", "Client CPU per single-event append, piece by piece (µs):", "",
+              "| piece | µs |", "|---|---:|"]
+    lines += [f"| {label} | {value:.1f} |" for label, value in costs.items()]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
