@@ -26,6 +26,7 @@ import structlog
 from api.logs import configure_logging
 from api.runtime import Runtime, open_runtime
 from api.settings import Settings, load_settings
+from ledger.lease import wait_for_stop
 from ledger.relay import Relay
 from projections.leads import LeadsProjection
 from projections.runner import Projection, ProjectionRunner
@@ -95,10 +96,7 @@ async def _supervise(
             failures += 1
             delay = min(60.0, 2.0**failures) * random.uniform(0.5, 1.0)
             log.exception("worker crashed", worker=label, restart_in_s=round(delay, 1))
-            try:
-                await asyncio.wait_for(stop.wait(), delay)
-            except TimeoutError:
-                pass
+            await wait_for_stop(stop, delay)
 
 
 async def run_one(argv: list[str], settings: Settings) -> None:

@@ -6,6 +6,7 @@ ledger read would have produced, so projections apply one type whatever the tran
 
 from __future__ import annotations
 
+from ledger.store import RecordedEvent
 from schema.envelope import (
     CONTENT_TYPE,
     SPEC_VERSION,
@@ -18,8 +19,6 @@ from schema.envelope import (
 from schema.metadata import Actor, EventMetadata
 from schema.positions import LogPosition
 from schema.registry import DEFAULT_REGISTRY, EventRegistry
-
-from ledger.store import RecordedEvent
 
 
 def to_cloudevent(recorded: RecordedEvent, previous: LogPosition) -> CloudEvent:

@@ -77,8 +77,8 @@ async def ensure_stream(
     have = info.config
     if (
         have.subjects != wanted.subjects
-        or abs((have.max_age or 0) - wanted.max_age) > 1e-3
-        or abs((have.duplicate_window or 0) - wanted.duplicate_window) > 1e-3
+        or abs((have.max_age or 0.0) - max_age_s) > 1e-3
+        or abs((have.duplicate_window or 0.0) - wanted.duplicate_window) > 1e-3
     ):
         await js.update_stream(wanted)
         log.info("stream updated", stream=stream)

@@ -17,6 +17,8 @@ import hashlib
 
 import psycopg
 import structlog
+from psycopg.conninfo import make_conninfo
+from psycopg_pool import AsyncConnectionPool
 
 from ledger.database import session_options
 
@@ -30,7 +32,9 @@ _KEEPALIVES = {
     "keepalives_interval": 2,
     "keepalives_count": 3,
 }
-_SERVER_KEEPALIVES = " -c tcp_keepalives_idle=5 -c tcp_keepalives_interval=2 -c tcp_keepalives_count=3"
+_SERVER_KEEPALIVES = (
+    " -c tcp_keepalives_idle=5 -c tcp_keepalives_interval=2 -c tcp_keepalives_count=3"
+)
 
 
 def lock_id(name: str) -> int:
@@ -44,6 +48,13 @@ async def wait_for_stop(stop: asyncio.Event, timeout: float) -> bool:
     with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(stop.wait(), timeout)
     return stop.is_set()
+
+
+def pool_conninfo(pool: AsyncConnectionPool) -> str:
+    """The connection string a pool was opened with: leases connect beside the pool."""
+    if not isinstance(pool.conninfo, str):
+        raise TypeError("a lease needs a pool opened with a plain connection string")
+    return pool.conninfo
 
 
 class LeaseLost(RuntimeError):
@@ -87,13 +98,13 @@ class Lease:
 
     async def _try_lock(self) -> bool:
         if self._conn is None or self._conn.closed:
-            self._conn = await psycopg.AsyncConnection.connect(
+            conninfo = make_conninfo(
                 self.conninfo,
-                autocommit=True,
                 application_name=f"leadledger-{self.name}",
                 options=session_options() + _SERVER_KEEPALIVES,
                 **_KEEPALIVES,
             )
+            self._conn = await psycopg.AsyncConnection.connect(conninfo, autocommit=True)
         cur = await self._conn.execute("SELECT pg_try_advisory_lock(%s)", (self.key,))
         row = await cur.fetchone()
         return bool(row and row[0])

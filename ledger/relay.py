@@ -37,7 +37,7 @@ from tenacity import (
 from ledger.checkpoints import RELAY, advance_checkpoint, read_checkpoint
 from ledger.envelopes import to_cloudevent
 from ledger.jetstream import connect_nats, ensure_stream
-from ledger.lease import Lease, LeaseLost, wait_for_stop
+from ledger.lease import Lease, LeaseLost, pool_conninfo, wait_for_stop
 from ledger.store import EventStore, RecordedEvent
 from schema.envelope import encode_envelope, event_subject
 from schema.positions import LogPosition
@@ -101,7 +101,7 @@ class Relay:
         self.poll_s = poll_s
         self.ack_timeout_s = ack_timeout_s
         self.publish_attempts = publish_attempts
-        self.lease = Lease(pool.conninfo, "relay", poll_s=lease_poll_s)
+        self.lease = Lease(pool_conninfo(pool), "relay", poll_s=lease_poll_s)
 
     async def run(self, stop: asyncio.Event) -> None:
         """Runs until `stop` is set: stands by for the lease, then relays while it holds it."""
@@ -192,7 +192,7 @@ class Relay:
             for m in messages:
                 futures.append(
                     await js.publish_async(
-                        m.subject, m.payload, headers=m.headers, wait_stall=self.ack_timeout_s
+                        m.subject, m.payload, headers=m.headers
                     )
                 )
             done = await asyncio.wait_for(

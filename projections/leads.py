@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Iterable
 from datetime import datetime
+from typing import Any
 
 import msgspec
 import psycopg
@@ -67,12 +68,11 @@ class LeadRow(msgspec.Struct, frozen=True):
 
 COLUMNS: tuple[str, ...] = LeadRow.__struct_fields__
 _LISTS = ("tags", "merged_from", "email_reasons", "suspected_duplicates")
-_SCALARS = ("stage", "owner", "notes_count", "merged_into", "email_status", "quarantined")
-_STATE_FIELDS = ("lead_id", "version", "status", "fields", *_LISTS, *_SCALARS)
-assert set(_STATE_FIELDS) == set(LeadState.__struct_fields__), "a LeadState field has no column"
-assert set(COLUMNS) == {
-    "workspace", *FIELD_NAMES, *_STATE_FIELDS, "created_at", "updated_at"
-} - {"fields"}, "leads columns and LeadState differ"
+# Every part of the lead's state has a column (a new LeadState field fails here, not silently).
+assert set(COLUMNS) == (
+    {"workspace", "created_at", "updated_at", *FIELD_NAMES, *LeadState.__struct_fields__}
+    - {"fields"}
+), "the leads columns and LeadState differ"
 
 _PG_TYPES = {
     "version": "int4", "notes_count": "int4", "quarantined": "bool",
@@ -93,28 +93,45 @@ class Folded(msgspec.Struct):
 
 
 def state_from_row(row: LeadRow) -> LeadState:
+    fields: dict[str, Any] = {name: getattr(row, name) for name in FIELD_NAMES}
     return LeadState(
         lead_id=row.lead_id,
         version=row.version,
         status=row.status,
-        fields=LeadFields(**{name: getattr(row, name) for name in FIELD_NAMES}),
-        **{name: tuple(getattr(row, name)) for name in _LISTS},
-        **{name: getattr(row, name) for name in _SCALARS},
+        fields=LeadFields(**fields),
+        stage=row.stage,
+        owner=row.owner,
+        tags=tuple(row.tags),
+        notes_count=row.notes_count,
+        merged_into=row.merged_into,
+        merged_from=tuple(row.merged_from),
+        email_status=row.email_status,
+        email_reasons=tuple(row.email_reasons),
+        quarantined=row.quarantined,
+        suspected_duplicates=tuple(row.suspected_duplicates),
     )
 
 
 def row_from_state(
     workspace: str, state: LeadState, created_at: datetime, updated_at: datetime
 ) -> LeadRow:
-    values = {name: getattr(state.fields, name) for name in FIELD_NAMES}
+    fields: dict[str, Any] = {name: getattr(state.fields, name) for name in FIELD_NAMES}
     return LeadRow(
         workspace=workspace,
         lead_id=state.lead_id or "",
         version=state.version,
         status=state.status or "",
-        **{name: None if v is msgspec.UNSET else v for name, v in values.items()},
-        **{name: list(getattr(state, name)) for name in _LISTS},
-        **{name: getattr(state, name) for name in _SCALARS},
+        **{name: None if value is msgspec.UNSET else value for name, value in fields.items()},
+        stage=state.stage or "",
+        owner=state.owner,
+        tags=list(state.tags),
+        notes_count=state.notes_count,
+        merged_into=state.merged_into,
+        merged_from=list(state.merged_from),
+        email_status=state.email_status,
+        email_reasons=list(state.email_reasons),
+        quarantined=state.quarantined,
+        suspected_duplicates=list(state.suspected_duplicates),
         created_at=created_at,
         updated_at=updated_at,
     )
@@ -150,7 +167,7 @@ class LeadsProjection:
     def __init__(self, store: EventStore, table: str = TABLE) -> None:
         self.store = store
         self.table = table
-        self.tables = (table,)
+        self.tables: tuple[str, ...] = (table,)
 
     def shadow(self, suffix: str) -> LeadsProjection:
         """The same projection writing into `<table><suffix>` (for rebuilds)."""

@@ -93,16 +93,19 @@ async def rebuild(
 ) -> RebuildReport:
     started = time.monotonic()
     shadow = projection.shadow(SHADOW_SUFFIX)
-    async with pool.connection() as guard, _exclusive(guard, projection.name):
-        async with pool.connection() as conn:
-            await _create_shadows(conn, projection.tables, shadow.tables)
-            try:
-                with _relaxed_gc():
-                    replay = _Replay(store, shadow, conn, pool, batch_size, progress)
-                    await replay.run(live_name=projection.name if check else None)
-                    report = await _finish(replay, projection, conn, check, compare)
-            finally:
-                await _drop(conn, shadow.tables)
+    async with (
+        pool.connection() as guard,
+        _exclusive(guard, projection.name),
+        pool.connection() as conn,
+    ):
+        await _create_shadows(conn, projection.tables, shadow.tables)
+        try:
+            with _relaxed_gc():
+                replay = _Replay(store, shadow, conn, pool, batch_size, progress)
+                await replay.run(live_name=projection.name if check else None)
+                report = await _finish(replay, projection, conn, check, compare)
+        finally:
+            await _drop(conn, shadow.tables)
     report.seconds = time.monotonic() - started
     log.info("rebuild finished", projection=projection.name, events=report.events,
              events_per_second=round(report.events_per_second), swapped=report.swapped,
@@ -111,7 +114,7 @@ async def rebuild(
 
 
 @contextlib.asynccontextmanager
-async def _exclusive(conn: psycopg.AsyncConnection, name: str):  # noqa: ANN202
+async def _exclusive(conn: psycopg.AsyncConnection, name: str):
     """One rebuild per projection at a time (they share the shadow tables)."""
     key = lock_id(f"rebuild:{name}")
     cur = await conn.execute("SELECT pg_try_advisory_lock(%s)", (key,))

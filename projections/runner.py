@@ -31,7 +31,7 @@ from psycopg_pool import AsyncConnectionPool
 from ledger.checkpoints import advance_checkpoint, read_checkpoint
 from ledger.envelopes import from_cloudevent
 from ledger.jetstream import connect_nats, ensure_stream
-from ledger.lease import Lease, LeaseLost, lock_id, wait_for_stop
+from ledger.lease import Lease, LeaseLost, lock_id, pool_conninfo, wait_for_stop
 from ledger.store import EventStore, RecordedEvent
 from schema.envelope import decode_envelope, stream_subjects
 from schema.positions import LogPosition
@@ -72,7 +72,9 @@ async def apply_batch(
         await conn.execute("SELECT pg_advisory_xact_lock(%s)", (apply_lock_id(projection.name),))
         stored = await read_checkpoint(conn, projection.name, for_update=True)
         if stored < expected:
-            raise CheckpointMoved(f"{projection.name} is at {stored.token()}, not {expected.token()}")
+            raise CheckpointMoved(
+                f"{projection.name} is at {stored.token()}, not {expected.token()}"
+            )
         fresh = [e for e in events if e.log_position > stored]
         if not fresh:
             return stored
@@ -108,7 +110,9 @@ class ProjectionRunner:
         self.batch_size = batch_size
         self.fetch_timeout_s = fetch_timeout_s
         self.idle_check_s = idle_check_s
-        self.lease = Lease(pool.conninfo, f"projection-{projection.name}", poll_s=lease_poll_s)
+        self.lease = Lease(
+            pool_conninfo(pool), f"projection-{projection.name}", poll_s=lease_poll_s
+        )
         self.cursor = LogPosition()
         self.duplicates = 0
         """Messages skipped as at or before the checkpoint (redeliveries, ledger catch-up)."""
@@ -128,7 +132,9 @@ class ProjectionRunner:
                 try:
                     await self._hold(stop)
                 except (LeaseLost, psycopg.OperationalError) as exc:
-                    log.warning("projection lost its lease", projection=self.durable, error=str(exc))
+                    log.warning(
+                        "projection lost its lease", projection=self.durable, error=str(exc)
+                    )
                 finally:
                     await self.lease.release()
         finally:

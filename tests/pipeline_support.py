@@ -14,6 +14,7 @@ import msgspec
 import nats
 import psycopg
 from nats.aio.msg import Msg
+from psycopg import sql
 from psycopg_pool import AsyncConnectionPool
 
 from ledger.checkpoints import RELAY, read_checkpoint
@@ -152,9 +153,9 @@ async def fresh_fold(store: EventStore) -> dict[tuple[str, str], LeadRow]:
     return rows
 
 
-async def read_model(pool: AsyncConnectionPool, table: str = "leads") -> dict[tuple[str, str], LeadRow]:
-    from psycopg import sql
-
+async def read_model(
+    pool: AsyncConnectionPool, table: str = "leads"
+) -> dict[tuple[str, str], LeadRow]:
     query = sql.SQL("SELECT {} FROM {}").format(
         sql.SQL(", ").join(sql.Identifier(c) for c in COLUMNS), sql.Identifier(table)
     )
@@ -176,7 +177,7 @@ async def stream_content(nats_url: str, stream: str, prefix: str) -> StreamConte
         info = await js.stream_info(stream)
         expected = info.state.messages
         sub = await js.subscribe(f"{prefix}.>", stream=stream, ordered_consumer=True)
-        messages = []
+        messages: list[Msg] = []
         while len(messages) < expected:
             messages.append(await sub.next_msg(timeout=5))
         await sub.unsubscribe()
