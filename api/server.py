@@ -100,7 +100,7 @@ def _embedded_postgres(data_dir: Path, stack: contextlib.ExitStack) -> str:
         postgres = EmbeddedPostgres(data_dir)
     except (subprocess.CalledProcessError, subprocess.TimeoutExpired, OSError) as exc:
         raise ServerError(
-            f"embedded PostgreSQL did not start ({exc.__class__.__name__}); "
+            f"embedded PostgreSQL did not start ({exc.__class__.__name__}: {exc}); "
             f"see {data_dir / 'postgres' / 'log'}"
         ) from None
     stack.callback(postgres.stop)

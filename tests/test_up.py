@@ -11,11 +11,14 @@ from __future__ import annotations
 import json
 import os
 import queue
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -132,8 +135,11 @@ def _wait_gone(pids: list[int], timeout: float = 10) -> bool:
 
 
 @pytest.fixture
-def data_dir(tmp_path: Path):
-    path = tmp_path / "data"
+def data_dir() -> Iterator[Path]:
+    # Not tmp_path: pytest prunes old base temp folders of the same user, and another pytest
+    # session on the machine could delete this one under a running server.
+    base = Path(tempfile.mkdtemp(prefix="leadledger-up-"))
+    path = base / "data"
     yield path
     # Whatever happened, leave no server running behind the test.
     for pid in _nats_pids(path):
@@ -142,6 +148,7 @@ def data_dir(tmp_path: Path):
         from api.embedded import EmbeddedPostgres
 
         EmbeddedPostgres(path).stop()
+    shutil.rmtree(base, ignore_errors=True)
 
 
 def test_up_serves_stops_cleanly_and_keeps_its_data(data_dir: Path) -> None:
