@@ -68,15 +68,18 @@ class RequestContextMiddleware:
         finally:
             user = scope.get("user")
             key = getattr(user, "key", None)
-            log.info(
-                "request",
-                method=scope.get("method"),
-                path=scope.get("path"),
-                status=status,
-                duration_ms=round((time.perf_counter() - started) * 1000, 2),
-                key_id=getattr(key, "key_id", None),
-                workspace=getattr(key, "workspace", None),
-            )
+            try:
+                log.info(
+                    "request",
+                    method=scope.get("method"),
+                    path=scope.get("path"),
+                    status=status,
+                    duration_ms=round((time.perf_counter() - started) * 1000, 2),
+                    key_id=getattr(key, "key_id", None),
+                    workspace=getattr(key, "workspace", None),
+                )
+            except Exception:  # noqa: BLE001 - a log that cannot be written fails no request
+                pass
             structlog.contextvars.unbind_contextvars("request_id", "correlation_id")
 
 

@@ -180,7 +180,8 @@ def field_errors_from_validation(extra: Any) -> list[FieldError]:
             continue
         message = str(item.get("message", "invalid value"))
         key = str(item.get("key") or "")
-        source = str(item.get("source") or "")
+        source = item.get("source") or ""
+        source = str(getattr(source, "value", source))
         field = key
         unknown = re.match(r"Object contains unknown field `([^`]+)`", message)
         if unknown:
@@ -240,6 +241,8 @@ def to_problem(exc: Exception) -> ProblemError:
             )
         case LedgerError():
             return ProblemError("validation-failed", str(exc))
+        case RecursionError():  # msgspec refuses JSON nested deeper than the stack allows
+            return ProblemError("bad-request", "the body is nested too deeply")
         case ValidationException():
             errors = field_errors_from_validation(exc.extra)
             if not errors:  # unparseable body: msgspec could not even decode JSON
@@ -263,11 +266,11 @@ def to_problem(exc: Exception) -> ProblemError:
 def handle_exception(request: Request, exc: Exception) -> Response[Problem]:
     """Litestar exception handler for every exception."""
     problem = to_problem(exc)
-    status = problem.type.status
-    if status >= 500 and not isinstance(exc, ProblemError):
-        log.error("unhandled error", exc_info=exc, path=request.url.path)
-    elif isinstance(exc, HTTPException) and exc.status_code >= 500:
-        log.error("server error", exc_info=exc, path=request.url.path)
+    if problem.type.status >= 500 and not isinstance(exc, ProblemError):
+        try:
+            log.error("unhandled error", exc_info=exc, path=request.url.path)
+        except Exception:  # noqa: BLE001 - logging must never turn an answer into a crash
+            pass
     return problem_response(request, problem)
 
 
