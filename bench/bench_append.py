@@ -324,7 +324,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     results = Results(
         benchmark="append", date=now_iso(),
-        command="python -m bench.bench_append " + " ".join(argv or sys.argv[1:]),
+        command=" ".join(["python -m bench.bench_append", *(argv or sys.argv[1:])]),
         settings={"writers": writer_counts, "repeat": args.repeat, "warmup": args.warmup,
                   "duration": args.duration, "batch": BATCH, "max_foreign_cores":
                   args.max_foreign, "retries": args.retries, "targets":

@@ -1,12 +1,14 @@
 """Where an append's time goes: the evidence behind bench/RESULTS.md's reading of bench_append.
 
-    python -m bench.diagnose_append         # from the repository root; ~2.5 minutes
+    python -m bench.diagnose_append         # from the repository root; ~4 minutes
 
 1. Server side, no Python in the loop (pgbench, medians of interleaved repetitions): a raw
    INSERT of the ledger's row; the same INSERT plus pg_notify in one transaction;
    `ledger_append()` called as EventStore.append calls it; and `ledger_append()` with its
    `pg_notify` removed. That last one is a copy made in the benchmark's own database from
    pg_get_functiondef, an experiment only: the ledger's function and migrations are untouched.
+   Then the same through Python: raw insert, EventStore.append, and EventStore.append against
+   a scratch database whose ledger_append lost its pg_notify.
 2. What the backends wait on while EventStore.append runs at the largest writer count,
    against raw inserts: pg_stat_activity and ungranted pg_locks, sampled every 5 ms.
 3. Client CPU per single-event append, piece by piece (timeit, no server).
@@ -20,6 +22,7 @@ import argparse
 import asyncio
 import collections
 import os
+import sys
 import threading
 import time
 import timeit
@@ -96,6 +99,22 @@ def server_variants(url: str) -> list[PgbenchScript]:
         PgbenchScript("ledger_append()", url, call("ledger_append")),
         PgbenchScript("ledger_append() without pg_notify", url,
                       call("diag_append_without_notify")),
+    ]
+
+
+def python_variants(server: BenchServer, url: str) -> list[LedgerAppend | RawInsert]:
+    """The same what-if through the whole Python path: EventStore.append as it is, and against
+    a database whose ledger_append lost its pg_notify (and nothing else)."""
+    without = server.create_database("bench_append_diagnosis_without_notify")
+    asyncio.run(migrate(without))
+    with psycopg.connect(without, autocommit=True) as conn:
+        definition = conn.execute(
+            "SELECT pg_get_functiondef('ledger_append'::regproc)").fetchone()[0]
+        conn.execute(definition.replace(_NOTIFY, ""))
+    return [
+        RawInsert("raw insert (python)", url, "diag_raw_python", row_template(1)),
+        LedgerAppend("EventStore.append (python)", url, 1),
+        LedgerAppend("EventStore.append, without pg_notify (python)", without, 1),
     ]
 
 
@@ -215,7 +234,7 @@ def main(argv: list[str] | None = None) -> int:
         machine = describe_machine(server)
         url = server.create_database("bench_append_diagnosis")
         asyncio.run(migrate(url))
-        variants = server_variants(url)
+        variants = [*server_variants(url), *python_variants(server, url)]
         try:
             for writers in writer_counts:
                 for _ in range(args.repeat):
@@ -225,12 +244,13 @@ def main(argv: list[str] | None = None) -> int:
                                                                    args.duration),
                             server.own_pids(), max_foreign=0.25, retries=2)
                         samples.setdefault((variant.name, writers), []).append(sample)
-                        console.log(f"{writers:>2} writers  {variant.name:<36}"
+                        console.log(f"{writers:>2} writers  {variant.name:<46}"
                                     f" {sample.rate:>9,.0f} tx/s  other load"
                                     f" {sample.foreign_cores} cores")
         finally:
             for variant in variants:
-                variant.close()
+                if isinstance(variant, PgbenchScript):
+                    variant.close()
         most = writer_counts[-1]
         waits = {}
         for name, contender in (("EventStore.append", LedgerAppend("ledger", url, 1)),
@@ -249,17 +269,18 @@ def main(argv: list[str] | None = None) -> int:
                         value=median([v.rate for v in values]),
                         samples=[round(v.rate, 1) for v in values],
                         foreign_cores=[v.foreign_cores for v in values])
-        raw = samples.get(("raw insert", writers))
-        baseline = None if raw is None or name == "raw insert" else Figure(
-            name="raw insert", writers=writers, unit="tx/s",
-            value=median([v.rate for v in raw]), samples=[])
+        base = "raw insert (python)" if name.endswith("(python)") else "raw insert"
+        raw = samples.get((base, writers))
+        baseline = None if raw is None or name == base else Figure(
+            name=base, writers=writers, unit="tx/s", value=median([v.rate for v in raw]),
+            samples=[])
         figures.append(compare(figure, baseline))
     print_report(figures, waits, costs, console)
     if args.no_write:
         return 0
     results = Results(
         benchmark="append_diagnosis", date=now_iso(),
-        command="python -m bench.diagnose_append " + " ".join(argv or []),
+        command=" ".join(["python -m bench.diagnose_append", *(argv or sys.argv[1:])]),
         settings={"writers": writer_counts, "repeat": args.repeat, "warmup": args.warmup,
                   "duration": args.duration},
         machine=machine, figures=figures,
@@ -273,7 +294,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def print_report(figures: list[Figure], waits: dict[str, dict[str, object]],
                  costs: dict[str, float], console: Console) -> None:
-    table = Table(title="server side, no Python: pgbench tx/s (ratio to raw insert)")
+    table = Table(title="appends/s: pgbench, or through Python (ratio to raw insert alike)")
     counts = sorted({f.writers for f in figures})
     table.add_column("variant")
     for w in counts:
@@ -309,7 +330,9 @@ def markdown(results: Results, waits: dict[str, dict[str, object]],
         f"- **Date:** {results.date}; load average at start {results.load_average['start']}",
         f"- **Machine:** {machine_markdown(results.machine)}",
         f"- **Reproduce:** `{results.command}`", "",
-        "Server side with no Python in the loop (pgbench, median tx/s, ratio to raw insert):", "",
+        ("Appends/s, median of interleaved repetitions, ratio to the raw insert measured the"
+         " same way: first with no Python in the loop (pgbench), then through psycopg"
+         " (`(python)`):"), "",
         "| variant | " + " | ".join(f"{w} writers" for w in counts) + " |",
         "|---|" + "---:|" * len(counts),
     ]
