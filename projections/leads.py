@@ -13,7 +13,6 @@ Upserts never move a row to a lower version, whatever order batches land in.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable
 from datetime import datetime
 from typing import Any
 
@@ -137,21 +136,12 @@ def row_from_state(
     )
 
 
-def fold_event(folded: Folded, recorded: RecordedEvent) -> Folded:
-    """Applies the lead's next event (version = current + 1)."""
-    state = evolve(folded.state, recorded.event)
-    created_at = recorded.recorded_at if isinstance(recorded.event, LeadCreated) else None
-    return Folded(state, created_at or folded.created_at, recorded.recorded_at)
-
-
-def fold_rows(events: Iterable[RecordedEvent]) -> dict[_Key, LeadRow]:
-    """The whole read model folded in memory from events in ledger order (tests, checks)."""
-    leads: dict[_Key, Folded] = {}
-    for recorded in sorted(events, key=lambda r: (r.workspace, r.stream_id, r.version)):
-        if isinstance(recorded.event, _LEAD_EVENTS):
-            key = (recorded.workspace, recorded.stream_id)
-            leads[key] = fold_event(leads.get(key, Folded(INITIAL)), recorded)
-    return {k: _row(k[0], f) for k, f in leads.items() if f.state.status != ERASED}
+def fold_event(folded: Folded, recorded: RecordedEvent) -> None:
+    """Applies the lead's next event (version = current + 1), in place."""
+    folded.state = evolve(folded.state, recorded.event)
+    if isinstance(recorded.event, LeadCreated):
+        folded.created_at = recorded.recorded_at
+    folded.updated_at = recorded.recorded_at
 
 
 def _row(workspace: str, folded: Folded) -> LeadRow:
@@ -189,31 +179,33 @@ class LeadsProjection:
         upserts: list[LeadRow] = []
         erased: list[_Key] = []
         for key, batch in by_lead.items():
-            before = known.get(key)
-            after = await self._fold(key, before or Folded(INITIAL), batch)
-            if after is before or after.state.version == 0:
+            folded = known.get(key) or Folded(INITIAL)
+            if not await self._fold(key, folded, batch):
                 continue
-            if after.state.status == ERASED:
+            if folded.state.status == ERASED:
                 erased.append(key)
             else:
-                upserts.append(_row(key[0], after))
+                upserts.append(_row(key[0], folded))
         await self._upsert(conn, upserts)
         await self._delete(conn, erased)
 
-    async def _fold(self, key: _Key, folded: Folded, batch: list[RecordedEvent]) -> Folded:
+    async def _fold(self, key: _Key, folded: Folded, batch: list[RecordedEvent]) -> bool:
+        """Folds the batch into `folded`; False if every event was a duplicate."""
+        changed = False
         for recorded in batch:
             version = folded.state.version
             if recorded.version <= version:
                 continue  # a duplicate: already in the row
+            changed = True
             if recorded.version > version + 1:
                 # The lead's earlier events have not reached us yet: read its whole tail, so
                 # the row never skips a version (later events in this batch then dedupe).
                 stream = await self.store.read_stream(key[0], key[1], after_version=version)
                 for missing in stream.events:
-                    folded = fold_event(folded, missing)
+                    fold_event(folded, missing)
                 continue
-            folded = fold_event(folded, recorded)
-        return folded
+            fold_event(folded, recorded)
+        return changed
 
     # -- SQL ----------------------------------------------------------------------------
 

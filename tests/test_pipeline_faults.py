@@ -96,7 +96,7 @@ async def test_projection_worker_killed_at_random_moments(infra, store, pool, tm
     worker = Worker(infra, ["project", "lead"], tmp_path / "worker.log")
     async with running(make_relay(infra, store, pool)):
         worker.start()
-        load = asyncio.create_task(write_leads(store, LEADS, writers=4, pause_s=0.05, seed=21))
+        load = asyncio.create_task(write_leads(store, LEADS, writers=4, pause_s=0.02, seed=21))
         await _kill_during(worker, load, random.Random())
         written = await load
         await eventually(lambda: reached(pool, store, "lead"), 60, "the projection worker")
@@ -110,7 +110,7 @@ async def test_relay_killed_at_random_moments(infra, store, pool, tmp_path):
     relay = Worker(infra, ["relay"], tmp_path / "relay.log")
     async with running(make_runner(infra, store, pool)):
         relay.start()
-        load = asyncio.create_task(write_leads(store, LEADS, writers=4, pause_s=0.05, seed=22))
+        load = asyncio.create_task(write_leads(store, LEADS, writers=4, pause_s=0.02, seed=22))
         await _kill_during(relay, load, random.Random())
         written = await load
         await eventually(lambda: relay_done(pool, store), 60, "the relay")
@@ -129,7 +129,7 @@ async def test_nats_down_under_write_load(infra, store, pool, tmp_path):
         runner = make_runner(infra, store, pool)
         async with running(relay, runner):
             load = asyncio.create_task(
-                write_leads(store, LEADS, writers=4, pause_s=0.05, seed=23)
+                write_leads(store, LEADS, writers=4, pause_s=0.02, seed=23)
             )
             await asyncio.sleep(1.5)
             server.kill()  # NATS crashes mid-load; writes must not notice
