@@ -22,18 +22,12 @@ import pytest
 import uvicorn
 from litestar import Litestar
 from litestar.testing import TestClient
-from psycopg_pool import AsyncConnectionPool
 
-from api.app import create_app
 from api.http.settings import HttpSettings
+from api.http.standalone import self_opening_app, unopened_runtime
 from api.keys import KeyStore
 from api.runtime import Runtime
 from api.settings import Settings
-from ledger.crypto import Keyring, parse_master_key
-from ledger.database import _configure, session_options
-from ledger.identity import IdentityHasher
-from ledger.lead_commands import LeadCommands
-from ledger.store import EventStore
 
 __all__ = [
     "Keys", "http_settings", "api_app", "tc", "keys", "server", "lead_body", "auth",
@@ -113,39 +107,25 @@ def make_app(infra: Any, http_settings: HttpSettings, *, workers: bool = True) -
     projections) when the loop that serves it starts it."""
     settings = Settings(
         database_url=infra.database_url, nats_url=infra.nats_url, master_key=infra.master_key,
-        stream=infra.stream, subject_prefix=infra.subject_prefix,
+        stream=infra.stream, subject_prefix=infra.subject_prefix, pool_max_size=24,
     )
-    pool = AsyncConnectionPool(
-        infra.database_url, min_size=2, max_size=24, open=False, configure=_configure,
-        kwargs={"options": session_options(), "application_name": "http-test"},
-    )
-    master = parse_master_key(infra.master_key)
-    store = EventStore(pool, Keyring(master))
-    runtime = Runtime(
-        settings=settings, database_url=infra.database_url, nats_url=infra.nats_url, pool=pool,
-        keyring=store.keyring, store=store, commands=LeadCommands(store, IdentityHasher(master)),
-    )
-    app = create_app(runtime, http_settings)
+    runtime = unopened_runtime(settings, infra.database_url, infra.nats_url, infra.master_key)
+    if not workers:
+        return self_opening_app(runtime, http_settings)
     background: dict[str, Any] = {}
 
-    async def start() -> None:
-        await pool.open(wait=True, timeout=30)
-        if workers:
-            from api.workers import run_workers
+    async def start(runtime: Runtime) -> None:
+        from api.workers import run_workers
 
-            background["stop"] = asyncio.Event()
-            background["task"] = asyncio.create_task(run_workers(runtime, background["stop"]))
+        background["stop"] = asyncio.Event()
+        background["task"] = asyncio.create_task(run_workers(runtime, background["stop"]))
 
-    async def stop() -> None:
-        if workers:
-            background["stop"].set()
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(background["task"], 20)
-        await pool.close()
+    async def stop(runtime: Runtime) -> None:
+        background["stop"].set()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(background["task"], 20)
 
-    app.on_startup.append(start)
-    app.on_shutdown.append(stop)
-    return app
+    return self_opening_app(runtime, http_settings, after_open=start, before_close=stop)
 
 
 class _Server(uvicorn.Server):
