@@ -1,4 +1,5 @@
-"""Fixtures of the HTTP tests, imported by tests/test_http_*.py (`from tests.http_support import *`).
+"""Fixtures of the HTTP tests, imported by tests/test_http_*.py (`from tests.http_support
+import *`).
 
 Litestar's test client runs the app in an event loop of its own (a blocking portal in another
 thread), and a real server runs it in its thread's loop too; so the app under test owns its
@@ -30,8 +31,17 @@ from api.runtime import Runtime
 from api.settings import Settings
 
 __all__ = [
-    "Keys", "http_settings", "api_app", "tc", "keys", "server", "lead_body", "auth",
-    "make_app", "start_server", "make_keys",
+    "Keys",
+    "api_app",
+    "auth",
+    "http_settings",
+    "keys",
+    "lead_body",
+    "make_app",
+    "make_keys",
+    "server",
+    "start_server",
+    "tc",
 ]
 
 

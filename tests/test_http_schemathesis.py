@@ -8,11 +8,12 @@ examples per operation, no deadline per example.
 
 from __future__ import annotations
 
+import uuid
+from collections.abc import Iterator
+
 import psycopg
 import pytest
 import schemathesis
-import uuid
-from collections.abc import Iterator
 from hypothesis import HealthCheck, settings
 from psycopg import sql
 from schemathesis.checks import not_a_server_error

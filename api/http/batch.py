@@ -45,8 +45,8 @@ from ledger.lead_input import normalize_lead
 from ledger.quality_settings import WorkspaceQuality
 from ledger.store import NewEvent
 from schema.commands import CreateLead
-from schema.vocabularies import DEFAULT_STAGE
 from schema.positions import LogPosition
+from schema.vocabularies import DEFAULT_STAGE
 
 CONCURRENCY = 4
 """Items created at once in a non-atomic batch: enough to hide round trips, few enough to

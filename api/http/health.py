@@ -8,11 +8,10 @@ import nats
 from litestar import Controller, Response, get
 from litestar.status_codes import HTTP_200_OK, HTTP_503_SERVICE_UNAVAILABLE
 
-from api.http.problems import PROBLEM_TYPES, ProblemType, problem_responses
+from api.http.problems import PROBLEM_TYPES, ProblemError, ProblemType, problem_responses
 from api.http.representations import Check, Health, Ready
 from api.http.services import Services
 from ledger.checkpoints import read_checkpoint
-from ledger.errors import LeadNotFound
 from projections.leads import NAME as LEAD_PROJECTION
 
 # Events the lead projection has yet to apply, counted only up to a bound (a cheap index scan).
@@ -60,7 +59,7 @@ class HealthController(Controller):
     )
     async def problem_type(self, slug: str) -> ProblemType:
         if slug not in PROBLEM_TYPES:
-            raise LeadNotFound("no such problem type")
+            raise ProblemError("not-found", "no such problem type")
         return PROBLEM_TYPES[slug]
 
 

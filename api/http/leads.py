@@ -14,6 +14,7 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 from litestar import Controller, Request, Response, delete, get, patch, post
+from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import Parameter
 from litestar.status_codes import HTTP_200_OK, HTTP_201_CREATED, HTTP_304_NOT_MODIFIED
 from msgspec import UNSET
@@ -42,7 +43,6 @@ from api.http.representations import (
 from api.http.services import Services
 from api.http.versions import (
     ANY,
-    CONSISTENCY_HEADER,
     etag,
     if_match,
     if_none_match,
@@ -200,7 +200,11 @@ class LeadController(Controller):
         "retries safe. Answers 201 with the lead, its `ETag` and the `X-Consistency-Token` of "
         "the write; 200 with the existing lead when the duplicate policy merged it.",
         response_headers=[*WRITE_HEADERS, LOCATION],
-        responses=problem_responses(*WRITE_PROBLEMS),
+        responses={
+            200: ResponseSpec(Lead, description="The duplicate policy merged the submission "
+                              "into the existing lead, which is returned."),
+            **problem_responses(*WRITE_PROBLEMS),
+        },
     )
     async def create(
         self,
@@ -300,7 +304,7 @@ class LeadController(Controller):
         if_match_: IfMatchHeader = None,
         x_reason: ReasonHeader = None,
     ) -> Response[Lead]:  # type: ignore[valid-type]
-        return await _single(request, services, lead_id, ArchiveLead())
+        return await single_command(request, services, lead_id, ArchiveLead())
 
     @post(
         "/{lead_id:str}/restore",
@@ -317,7 +321,7 @@ class LeadController(Controller):
         if_match_: IfMatchHeader = None,
         x_reason: ReasonHeader = None,
     ) -> Response[Lead]:  # type: ignore[valid-type]
-        return await _single(request, services, lead_id, RestoreLead())
+        return await single_command(request, services, lead_id, RestoreLead())
 
     @get(
         "/",
@@ -370,9 +374,10 @@ class LeadController(Controller):
         return LeadPage(data=[lead_of_row(r) for r in rows], next_cursor=next_cursor)
 
 
-async def _single(
+async def single_command(
     request: Request, services: Services, lead_id: str, command: LeadCommand
 ) -> Response[Any]:
+    """A write of one command on an existing lead (archive, restore, tag, untag)."""
     require_lead_id(lead_id)
     result = await services.writer.execute(
         request.user.key.workspace, lead_id, command, write_metadata(request),

@@ -20,6 +20,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from api.app import create_app
 from api.http.settings import HttpSettings, load_http_settings
+from api.logs import configure_logging
 from api.runtime import Runtime
 from api.settings import Settings, load_settings
 from ledger.crypto import Keyring, parse_master_key
@@ -74,6 +75,7 @@ def self_opening_app(
 
 def app_from_env() -> Litestar:
     settings = load_settings()
+    configure_logging(settings.log_format, settings.log_level)
     if not settings.database_url or not settings.master_key:
         raise SystemExit(
             "the standalone HTTP app needs LEADLEDGER_DATABASE_URL and LEADLEDGER_MASTER_KEY"

@@ -10,7 +10,7 @@ from litestar.params import Parameter
 from litestar.status_codes import HTTP_200_OK
 
 from api.http.docs import WRITE_HEADERS, IfMatchHeader, ReasonHeader
-from api.http.leads import WRITE_PROBLEMS, LeadId, _single
+from api.http.leads import WRITE_PROBLEMS, LeadId, single_command
 from api.http.problems import problem_responses
 from api.http.representations import Lead
 from api.http.services import Services
@@ -42,7 +42,7 @@ class TagsController(Controller):
         if_match_: IfMatchHeader = None,
         x_reason: ReasonHeader = None,
     ) -> Response[Lead]:  # type: ignore[valid-type]
-        return await _single(request, services, lead_id, TagLead(tag=tag))
+        return await single_command(request, services, lead_id, TagLead(tag=tag))
 
     @delete(
         "/{tag:str}",
@@ -60,4 +60,4 @@ class TagsController(Controller):
         if_match_: IfMatchHeader = None,
         x_reason: ReasonHeader = None,
     ) -> Response[Lead]:  # type: ignore[valid-type]
-        return await _single(request, services, lead_id, UntagLead(tag=tag))
+        return await single_command(request, services, lead_id, UntagLead(tag=tag))

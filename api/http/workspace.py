@@ -16,11 +16,10 @@ from litestar.status_codes import HTTP_200_OK, HTTP_201_CREATED
 from msgspec import UNSET, Meta
 
 from api.http.access import require_admin
-from api.http.problems import problem_responses
+from api.http.problems import ProblemError, problem_responses
 from api.http.representations import SINGLE_LINE, WorkspaceSettings, WorkspaceSettingsPatch
 from api.http.services import Services
 from api.keys import KEY_ROLES, ApiKey
-from ledger.errors import LeadNotFound
 
 _GET = "SELECT require_if_match FROM workspace_settings WHERE workspace = %s"
 _UPSERT = """
@@ -51,6 +50,13 @@ class KeyCreated(msgspec.Struct, frozen=True):
     token: Annotated[str, Meta(description="The bearer key. Shown once: store it now.")]
 
 
+async def _settings(services: Services, workspace: str) -> WorkspaceSettings:
+    async with services.runtime.pool.connection() as conn:
+        cur = await conn.execute(_GET, (workspace,))
+        row = await cur.fetchone()
+    return WorkspaceSettings(workspace=workspace, require_if_match=bool(row and row[0]))
+
+
 def _info(key: ApiKey) -> KeyInfo:
     return KeyInfo(key.key_id, key.name, key.role, key.rate_limit, key.created_at, key.revoked_at)
 
@@ -61,11 +67,7 @@ class WorkspaceController(Controller):
 
     @get("/", summary="The workspace's API policy", responses=problem_responses(401, 429))
     async def read(self, request: Request, services: Services) -> WorkspaceSettings:
-        workspace = request.user.key.workspace
-        async with services.runtime.pool.connection() as conn:
-            cur = await conn.execute(_GET, (workspace,))
-            row = await cur.fetchone()
-        return WorkspaceSettings(workspace=workspace, require_if_match=bool(row and row[0]))
+        return await _settings(services, request.user.key.workspace)
 
     @patch(
         "/",
@@ -76,7 +78,7 @@ class WorkspaceController(Controller):
     async def change(
         self, request: Request, data: WorkspaceSettingsPatch, services: Services
     ) -> WorkspaceSettings:
-        current = await self.read.fn(self, request, services)
+        current = await _settings(services, request.user.key.workspace)
         require = current.require_if_match
         if data.require_if_match is not UNSET:
             require = data.require_if_match
@@ -90,7 +92,8 @@ class KeysController(Controller):
     tags = ["workspace"]
     guards = [require_admin]
 
-    @get("/", summary="The workspace's API keys (admin)", responses=problem_responses(401, 403, 429))
+    @get("/", summary="The workspace's API keys (admin)",
+         responses=problem_responses(401, 403, 429))
     async def keys(self, request: Request, services: Services) -> list[KeyInfo]:
         return [_info(k) for k in await services.keys.list(request.user.key.workspace)]
 
@@ -121,8 +124,8 @@ class KeysController(Controller):
         services: Services,
     ) -> KeyInfo:
         if "\x00" in key_id:
-            raise LeadNotFound("no such key in this workspace")
+            raise ProblemError("not-found", "no such key in this workspace")
         key = await services.keys.revoke(key_id, workspace=request.user.key.workspace)
         if key is None:
-            raise LeadNotFound("no such key in this workspace")
+            raise ProblemError("not-found", "no such key in this workspace")
         return _info(key)

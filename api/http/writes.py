@@ -36,7 +36,6 @@ from schema.events import Event
 from schema.metadata import EventMetadata
 from schema.positions import LogPosition
 
-
 Plan = Callable[[LeadState], Sequence[LeadCommand]]
 """Makes a request's commands from the lead's current state (a PATCH that replaces tags)."""
 
