@@ -31,7 +31,7 @@ STOP_TIMEOUT_S = 20
 
 
 class Up:
-    """A `leadledger up` subprocess in its own session, like a terminal's foreground job."""
+    """A `leadledger up` subprocess (in its own session, so that signals reach only it)."""
 
     def __init__(self, data_dir: Path, env: dict[str, str]) -> None:
         self.data_dir = data_dir
@@ -72,12 +72,8 @@ class Up:
             self._stderr.flush()
         return self.stderr_path.read_text()
 
-    def stop(self, how: str) -> int:
-        """`ctrl-c` signals the whole process group, as a terminal does; `sigterm` only `up`."""
-        if how == "ctrl-c":
-            os.killpg(self.process.pid, signal.SIGINT)
-        else:
-            self.process.send_signal(signal.SIGTERM)
+    def stop(self, signum: signal.Signals) -> int:
+        self.process.send_signal(signum)
         try:
             code = self.process.wait(STOP_TIMEOUT_S)
         except subprocess.TimeoutExpired:
@@ -189,7 +185,7 @@ def test_up_serves_stops_cleanly_and_keeps_its_data(data_dir: Path) -> None:
     assert status.returncode == 0, status.stderr
     assert json.loads(status.stdout)["head"] >= 2
 
-    assert first.stop("ctrl-c") == 0, first.stderr()
+    assert first.stop(signal.SIGINT) == 0, first.stderr()
     assert "Traceback" not in first.stderr()
     assert not _postgres_running(data_dir), "PostgreSQL still running after up stopped"
     assert _wait_gone(nats_pids), "NATS still running after up stopped"
@@ -208,7 +204,7 @@ def test_up_serves_stops_cleanly_and_keeps_its_data(data_dir: Path) -> None:
         read = _get_lead(second.url, auth, http_lead["id"], None)
         assert read["email"] == "grace@example.com"
     finally:
-        code = second.stop("sigterm")
+        code = second.stop(signal.SIGTERM)
     assert code == 0, second.stderr()
     assert not _postgres_running(data_dir)
 
