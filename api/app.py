@@ -132,5 +132,5 @@ async def _purge_loop(services: Services) -> None:
             purged = await services.idempotency.purge_expired()
             if purged:
                 log.info("expired idempotency keys purged", count=purged)
-        except Exception:  # noqa: BLE001 - a failed purge is retried at the next tick
+        except Exception:
             log.warning("purging idempotency keys failed", exc_info=True)
