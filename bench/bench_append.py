@@ -47,6 +47,7 @@ from bench.common import (
     quiet_logs,
     update_results_md,
     write_results,
+    writers_label,
 )
 from bench.measure import Sample, measure_guarded, median
 from ledger.migrations import migrate
@@ -211,9 +212,9 @@ def _met(c: Comparison) -> str:
 def print_tables(figures: list[Figure], comparisons: list[Comparison], console: Console) -> None:
     writer_counts = sorted({f.writers for f in figures})
     table = Table(title="append throughput: median (ratio to its baseline)")
-    for column in ("contender", "unit", *(f"{w} writers" for w in writer_counts),
+    for column in ("contender", "unit", *(writers_label(w) for w in writer_counts),
                    *(f"CPU µs/unit @{w}" for w in writer_counts), "baseline"):
-        table.add_column(column, justify="right" if "writers" in column or "@" in column
+        table.add_column(column, justify="right" if "writer" in column or "@" in column
                          else "left")
     for name, _, row in _rows(figures):
         table.add_row(name, _unit(row), *map(_cell, row), *map(_cpu, row),
@@ -254,7 +255,7 @@ def markdown(results: Results, reading: str) -> str:
         " connection; async contenders are tasks on one event loop, the peer (synchronous) and"
         " `raw_insert_threads` are one thread per writer. Client CPU is this process's CPU"
         " time (all threads) per unit, or pgbench's."), "",
-        "| contender | what | unit | " + " | ".join(f"{w} writers" for w in writer_counts)
+        "| contender | what | unit | " + " | ".join(writers_label(w) for w in writer_counts)
         + " | client CPU µs/unit (" + "/".join(str(w) for w in writer_counts)
         + " writers) | baseline |",
         "|---|---|---|" + "---:|" * len(writer_counts) + "---:|---|",
@@ -280,7 +281,7 @@ def verdict(results: Results) -> str:
         if c.target is None:
             continue
         state = "met" if c.met else "**missed**"
-        lines.append(f"- {c.name} at {c.writers} writer{'s' if c.writers > 1 else ''}:"
+        lines.append(f"- {c.name} at {writers_label(c.writers)}:"
                      f" {fmt_ratio(c.ratio)} against a target of {c.target}: {state}.")
     return "\n".join(lines)
 

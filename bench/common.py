@@ -296,6 +296,10 @@ def machine_markdown(machine: Machine) -> str:
     )
 
 
+def writers_label(writers: int) -> str:
+    return f"{writers} writer" + ("" if writers == 1 else "s")
+
+
 def fmt_rate(value: float | None) -> str:
     if value is None:
         return "-"

@@ -60,6 +60,7 @@ from bench.common import (
     quiet_logs,
     update_results_md,
     write_results,
+    writers_label,
 )
 from bench.measure import Sample, measure_guarded, median
 from ledger.crypto import Keyring, generate_master_key, parse_master_key
@@ -298,7 +299,7 @@ def print_report(figures: list[Figure], waits: dict[str, dict[str, object]],
     counts = sorted({f.writers for f in figures})
     table.add_column("variant")
     for w in counts:
-        table.add_column(f"{w} writers", justify="right")
+        table.add_column(writers_label(w), justify="right")
     by = {(f.name, f.writers): f for f in figures}
     for name in dict.fromkeys(f.name for f in figures):
         table.add_row(name, *(_cell(by.get((name, w))) for w in counts))
@@ -333,7 +334,7 @@ def markdown(results: Results, waits: dict[str, dict[str, object]],
         ("Appends/s, median of interleaved repetitions, ratio to the raw insert measured the"
          " same way: first with no Python in the loop (pgbench), then through psycopg"
          " (`(python)`):"), "",
-        "| variant | " + " | ".join(f"{w} writers" for w in counts) + " |",
+        "| variant | " + " | ".join(writers_label(w) for w in counts) + " |",
         "|---|" + "---:|" * len(counts),
     ]
     for name in dict.fromkeys(f.name for f in results.figures):
