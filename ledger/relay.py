@@ -146,6 +146,8 @@ class Relay:
         checkpoint = await read_checkpoint(self.lease.conn, RELAY)
         log.info("relaying", after=checkpoint.token(), stream=self.stream)
         while not stop.is_set():
+            # Drained before reading, so a NOTIFY arriving after the read wakes the next one.
+            await _drain_notifies(self.lease.conn)
             events = await self.store.read_all(checkpoint, self.batch_size)
             if events:
                 await self._publish(js, self._messages(events, checkpoint))
@@ -208,15 +210,18 @@ class Relay:
                 raise PublishError(f"acked by stream {result.stream}, not {self.stream}")
 
     async def _wait_for_appends(self, stop: asyncio.Event) -> None:
-        """Until a NOTIFY, the poll interval, or stop (looked at every quarter second). Queued
-        NOTIFYs are drained: one read covers every append they announce."""
+        """Until a NOTIFY, the poll interval, or stop (looked at every quarter second)."""
         conn = self.lease.conn
         deadline = time.monotonic() + self.poll_s
         while not stop.is_set() and (remaining := deadline - time.monotonic()) > 0:
             if await _notified(conn, min(remaining, _STOP_CHECK_S)):
-                async for _ in conn.notifies(timeout=0):
-                    pass
                 return
+
+
+async def _drain_notifies(conn: psycopg.AsyncConnection) -> None:
+    """One read covers every append announced so far; forget their NOTIFYs."""
+    async for _ in conn.notifies(timeout=0):
+        pass
 
 
 async def _notified(conn: psycopg.AsyncConnection, timeout: float) -> bool:

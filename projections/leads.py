@@ -1,152 +1,52 @@
 """The lead read model (table `leads`): one row per live lead, its current fields in plaintext.
 
 Owns every SQL statement against `leads` (and its rebuild shadow): the batch apply the runner
-calls, and the queries the API serves. Rows are folded with the lead's own pure `evolve`, so
-the read model can never disagree with the decider about what an event means.
+calls, the comparison `replay --check` makes, and the queries the API serves. Rows are folded
+with the lead's own pure `evolve` (projections/lead_rows.py).
 
 Idempotence is per lead version: an event at or below a row's version is a duplicate and
 skipped; an event beyond version + 1 means the lead's earlier events have not arrived (they
 commit in another order, or NATS lost them), so the lead's tail is read from the ledger first.
 Upserts never move a row to a lower version, whatever order batches land in.
+
+A rebuild's shadow folds in bulk: leads stay in memory across batches and each is written once,
+by one COPY into the empty shadow, instead of being loaded and rewritten by every batch that
+touches it (a ledger interleaves its leads' events, so most batches touch most leads).
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
-from datetime import datetime
 from typing import Any
 
 import msgspec
 import psycopg
 from psycopg import sql
 
-from ledger.lead import ERASED, INITIAL, LeadState, evolve
+from ledger.lead import ERASED, INITIAL
 from ledger.store import EventStore, RecordedEvent
-from schema.events import FIELD_NAMES, LEAD_EVENT_TYPES, LeadCreated, LeadFields
+from projections.lead_rows import (
+    COLUMNS,
+    COPY_TYPES,
+    LEAD_EVENTS,
+    Folded,
+    Key,
+    LeadRow,
+    fold_event,
+    folded_values,
+    row_from_state,
+    state_from_row,
+)
+
+__all__ = [
+    "COLUMNS", "NAME", "TABLE", "FieldDifference", "LeadDifference", "LeadRow", "LeadsProjection",
+    "diff_leads", "get_lead", "row_from_state",
+]
 
 NAME = "lead"
 TABLE = "leads"
-
-
-class LeadRow(msgspec.Struct, frozen=True):
-    """A row of `leads`: the lead's folded state, flat."""
-
-    workspace: str
-    lead_id: str
-    version: int
-    status: str
-    first_name: str | None
-    last_name: str | None
-    email: str | None
-    phone: str | None
-    company: str | None
-    title: str | None
-    website: str | None
-    country: str | None
-    city: str | None
-    address: str | None
-    ip_address: str | None
-    source: str | None
-    external_id: str | None
-    industry: str | None
-    seniority: str | None
-    department: str | None
-    stage: str
-    owner: str | None
-    tags: list[str]
-    notes_count: int
-    merged_into: str | None
-    merged_from: list[str]
-    email_status: str | None
-    email_reasons: list[str]
-    quarantined: bool
-    suspected_duplicates: list[str]
-    created_at: datetime
-    updated_at: datetime
-
-
-COLUMNS: tuple[str, ...] = LeadRow.__struct_fields__
-_LISTS = ("tags", "merged_from", "email_reasons", "suspected_duplicates")
-# Every part of the lead's state has a column (a new LeadState field fails here, not silently).
-assert set(COLUMNS) == (
-    {"workspace", "created_at", "updated_at", *FIELD_NAMES, *LeadState.__struct_fields__}
-    - {"fields"}
-), "the leads columns and LeadState differ"
-
-_PG_TYPES = {
-    "version": "int4", "notes_count": "int4", "quarantined": "bool",
-    "created_at": "timestamptz", "updated_at": "timestamptz", **dict.fromkeys(_LISTS, "text[]"),
-}
-_COPY_TYPES = [_PG_TYPES.get(column, "text") for column in COLUMNS]
-
-_LEAD_EVENTS = tuple(LEAD_EVENT_TYPES)
-_Key = tuple[str, str]  # (workspace, lead id)
-
-
-class Folded(msgspec.Struct):
-    """A lead mid-fold: the decider's state plus the row's timestamps."""
-
-    state: LeadState
-    created_at: datetime | None = None
-    updated_at: datetime | None = None
-
-
-def state_from_row(row: LeadRow) -> LeadState:
-    fields: dict[str, Any] = {name: getattr(row, name) for name in FIELD_NAMES}
-    return LeadState(
-        lead_id=row.lead_id,
-        version=row.version,
-        status=row.status,
-        fields=LeadFields(**fields),
-        stage=row.stage,
-        owner=row.owner,
-        tags=tuple(row.tags),
-        notes_count=row.notes_count,
-        merged_into=row.merged_into,
-        merged_from=tuple(row.merged_from),
-        email_status=row.email_status,
-        email_reasons=tuple(row.email_reasons),
-        quarantined=row.quarantined,
-        suspected_duplicates=tuple(row.suspected_duplicates),
-    )
-
-
-def row_from_state(
-    workspace: str, state: LeadState, created_at: datetime, updated_at: datetime
-) -> LeadRow:
-    fields: dict[str, Any] = {name: getattr(state.fields, name) for name in FIELD_NAMES}
-    return LeadRow(
-        workspace=workspace,
-        lead_id=state.lead_id or "",
-        version=state.version,
-        status=state.status or "",
-        **{name: None if value is msgspec.UNSET else value for name, value in fields.items()},
-        stage=state.stage or "",
-        owner=state.owner,
-        tags=list(state.tags),
-        notes_count=state.notes_count,
-        merged_into=state.merged_into,
-        merged_from=list(state.merged_from),
-        email_status=state.email_status,
-        email_reasons=list(state.email_reasons),
-        quarantined=state.quarantined,
-        suspected_duplicates=list(state.suspected_duplicates),
-        created_at=created_at,
-        updated_at=updated_at,
-    )
-
-
-def fold_event(folded: Folded, recorded: RecordedEvent) -> None:
-    """Applies the lead's next event (version = current + 1), in place."""
-    folded.state = evolve(folded.state, recorded.event)
-    if isinstance(recorded.event, LeadCreated):
-        folded.created_at = recorded.recorded_at
-    folded.updated_at = recorded.recorded_at
-
-
-def _row(workspace: str, folded: Folded) -> LeadRow:
-    assert folded.created_at is not None and folded.updated_at is not None
-    return row_from_state(workspace, folded.state, folded.created_at, folded.updated_at)
+BULK_LEADS = 200_000
+"""Leads a rebuild holds in memory (about 1 KB each) before writing them out."""
 
 
 class LeadsProjection:
@@ -154,70 +54,101 @@ class LeadsProjection:
 
     name = NAME
 
-    def __init__(self, store: EventStore, table: str = TABLE) -> None:
+    def __init__(self, store: EventStore, table: str = TABLE, *, bulk: int = 0) -> None:
+        """`bulk` > 0: fold in memory for up to that many leads (for an empty shadow only)."""
         self.store = store
         self.table = table
         self.tables: tuple[str, ...] = (table,)
+        self.bulk = bulk
+        self._held: dict[Key, Folded] | None = {} if bulk else None
+        self._written = False  # whether the bulk mode has written rows into the table yet
 
     def shadow(self, suffix: str) -> LeadsProjection:
-        """The same projection writing into `<table><suffix>` (for rebuilds)."""
-        return LeadsProjection(self.store, self.table + suffix)
+        """The same projection building `<table><suffix>` (a fresh table) in bulk."""
+        return LeadsProjection(self.store, self.table + suffix, bulk=BULK_LEADS)
 
     async def apply(self, conn: psycopg.AsyncConnection, events: list[RecordedEvent]) -> None:
         """Must run inside the caller's transaction, with the caller's checkpoint write."""
-        by_lead: dict[_Key, list[RecordedEvent]] = defaultdict(list)
+        by_lead: dict[Key, list[RecordedEvent]] = defaultdict(list)
         for recorded in events:
-            if isinstance(recorded.event, _LEAD_EVENTS):
+            if isinstance(recorded.event, LEAD_EVENTS):
                 by_lead[(recorded.workspace, recorded.stream_id)].append(recorded)
-        if not by_lead:
-            return
         for batch in by_lead.values():
             batch.sort(key=lambda r: r.version)
+        if self._held is not None:
+            await self._apply_bulk(conn, by_lead, self._held)
+            return
         # A lead whose batch starts at version 1 is folded from scratch: no row to load, and
         # the upsert's version guard keeps any row already further along.
         known = await self._load(conn, [k for k, b in by_lead.items() if b[0].version > 1])
-        upserts: list[LeadRow] = []
-        erased: list[_Key] = []
+        changed = []
         for key, batch in by_lead.items():
             folded = known.get(key) or Folded(INITIAL)
-            if not await self._fold(key, folded, batch):
-                continue
-            if folded.state.status == ERASED:
-                erased.append(key)
-            else:
-                upserts.append(_row(key[0], folded))
-        await self._upsert(conn, upserts)
-        await self._delete(conn, erased)
+            if await self._fold(key, folded, batch):
+                changed.append((key, folded))
+        await self._write(conn, changed, fresh=False)
 
-    async def _fold(self, key: _Key, folded: Folded, batch: list[RecordedEvent]) -> bool:
+    async def flush(self, conn: psycopg.AsyncConnection) -> None:
+        """Ends the bulk mode: writes the leads held in memory; later batches go to rows."""
+        if self._held is not None:
+            await self._write(conn, list(self._held.items()), fresh=not self._written)
+            self._held = None
+
+    async def _apply_bulk(
+        self, conn: psycopg.AsyncConnection, by_lead: dict[Key, list[RecordedEvent]],
+        held: dict[Key, Folded],
+    ) -> None:
+        if self._written:
+            missing = [k for k, b in by_lead.items() if k not in held and b[0].version > 1]
+            held.update(await self._load(conn, missing))
+        for key, batch in by_lead.items():
+            folded = held.get(key)
+            if folded is None:
+                folded = held[key] = Folded(INITIAL)
+            await self._fold(key, folded, batch)
+        if len(held) > self.bulk:
+            await self._write(conn, list(held.items()), fresh=not self._written)
+            self._written = True
+            held.clear()
+
+    async def _fold(self, key: Key, folded: Folded, batch: list[RecordedEvent]) -> bool:
         """Folds the batch into `folded`; False if every event was a duplicate."""
-        changed = False
-        for recorded in batch:
-            version = folded.state.version
-            if recorded.version <= version:
-                continue  # a duplicate: already in the row
-            changed = True
-            if recorded.version > version + 1:
-                # The lead's earlier events have not reached us yet: read its whole tail, so
-                # the row never skips a version (later events in this batch then dedupe).
-                stream = await self.store.read_stream(key[0], key[1], after_version=version)
-                for missing in stream.events:
-                    fold_event(folded, missing)
-                continue
-            fold_event(folded, recorded)
-        return changed
+        changed, gap = _fold_in_order(folded, batch)
+        if gap is not None:
+            await self._fold_tail(key, folded)
+            _fold_in_order(folded, batch[gap:])
+        return changed or gap is not None
+
+    async def _fold_tail(self, key: Key, folded: Folded) -> None:
+        """The lead's earlier events have not reached us yet: read its whole tail, so the row
+        never skips a version (the rest of the batch then dedupes against it)."""
+        stream = await self.store.read_stream(key[0], key[1], after_version=folded.state.version)
+        for missing in stream.events:
+            fold_event(folded, missing)
+
+    async def _write(
+        self, conn: psycopg.AsyncConnection, leads: list[tuple[Key, Folded]], *, fresh: bool
+    ) -> None:
+        """Upserts live leads and deletes erased ones; `fresh` (an empty table) COPYs rows
+        straight in and has nothing to delete."""
+        rows = [
+            folded_values(key[0], f) for key, f in leads
+            if f.state.version and f.state.status != ERASED
+        ]
+        if fresh:
+            await self._copy(conn, self.table, rows)
+            return
+        await self._upsert(conn, rows)
+        await self._delete(conn, [key for key, f in leads if f.state.status == ERASED])
 
     # -- SQL ----------------------------------------------------------------------------
 
-    async def _load(self, conn: psycopg.AsyncConnection, keys: list[_Key]) -> dict[_Key, Folded]:
-        by_workspace: dict[str, list[str]] = defaultdict(list)
-        for workspace, lead_id in keys:
-            by_workspace[workspace].append(lead_id)
-        found: dict[_Key, Folded] = {}
+    async def _load(self, conn: psycopg.AsyncConnection, keys: list[Key]) -> dict[Key, Folded]:
+        found: dict[Key, Folded] = {}
         query = sql.SQL("SELECT {} FROM {} WHERE workspace = %s AND lead_id = ANY(%s)").format(
             _column_list(), sql.Identifier(self.table)
         )
-        for workspace, ids in by_workspace.items():
+        for workspace, ids in _by_workspace(keys).items():
             cur = await conn.execute(query, (workspace, ids))
             for values in await cur.fetchall():
                 row = LeadRow(*values)
@@ -226,7 +157,7 @@ class LeadsProjection:
                 )
         return found
 
-    async def _upsert(self, conn: psycopg.AsyncConnection, rows: list[LeadRow]) -> None:
+    async def _upsert(self, conn: psycopg.AsyncConnection, rows: list[tuple[Any, ...]]) -> None:
         """COPY into a per-session staging table, then one INSERT ... ON CONFLICT: one round
         trip of rows instead of one statement per row."""
         if not rows:
@@ -237,25 +168,51 @@ class LeadsProjection:
                 "ON COMMIT DELETE ROWS"
             ).format(sql.Identifier(self.table))
         )
-        async with conn.cursor().copy(
-            sql.SQL("COPY leads_stage ({}) FROM STDIN (FORMAT BINARY)").format(_column_list())
-        ) as copy:
-            copy.set_types(_COPY_TYPES)  # binary COPY: no text formatting on either side
-            for row in rows:
-                await copy.write_row(msgspec.structs.astuple(row))
+        await self._copy(conn, "leads_stage", rows)
         await conn.execute(_upsert_sql(self.table))
         # Several batches can share one transaction (a rebuild's tail): empty it now.
         await conn.execute("DELETE FROM leads_stage")
 
-    async def _delete(self, conn: psycopg.AsyncConnection, keys: list[_Key]) -> None:
-        by_workspace: dict[str, list[str]] = defaultdict(list)
-        for workspace, lead_id in keys:
-            by_workspace[workspace].append(lead_id)
+    async def _copy(
+        self, conn: psycopg.AsyncConnection, table: str, rows: list[tuple[Any, ...]]
+    ) -> None:
+        statement = sql.SQL("COPY {} ({}) FROM STDIN (FORMAT BINARY)").format(
+            sql.Identifier(table), _column_list()
+        )
+        async with conn.cursor().copy(statement) as copy:
+            copy.set_types(COPY_TYPES)  # binary: no text formatting on either side
+            for row in rows:
+                await copy.write_row(row)
+
+    async def _delete(self, conn: psycopg.AsyncConnection, keys: list[Key]) -> None:
         query = sql.SQL("DELETE FROM {} WHERE workspace = %s AND lead_id = ANY(%s)").format(
             sql.Identifier(self.table)
         )
-        for workspace, ids in by_workspace.items():
+        for workspace, ids in _by_workspace(keys).items():
             await conn.execute(query, (workspace, ids))
+
+
+def _fold_in_order(folded: Folded, batch: list[RecordedEvent]) -> tuple[bool, int | None]:
+    """Folds events while each is the next version, skipping duplicates. Returns whether any
+    applied, and the index of the first event past a gap (None if there was none)."""
+    changed = False
+    for index, recorded in enumerate(batch):
+        version = folded.state.version
+        if recorded.version <= version:
+            continue  # a duplicate: already in the row
+        if recorded.version > version + 1:
+            return changed, index
+        fold_event(folded, recorded)
+        changed = True
+    return changed, None
+
+
+def _by_workspace(keys: list[Key]) -> dict[str, list[str]]:
+    """Lead ids grouped by workspace: no statement ever spans two workspaces."""
+    grouped: dict[str, list[str]] = defaultdict(list)
+    for workspace, lead_id in keys:
+        grouped[workspace].append(lead_id)
+    return grouped
 
 
 def _column_list() -> sql.Composed:

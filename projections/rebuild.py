@@ -1,11 +1,11 @@
 """Rebuilds a read model from the ledger (`leadledger replay lead`), or checks the live one.
 
 The rebuild replays the whole ledger into shadow tables (`<table>_rebuild`, created LIKE the
-live tables) batch by batch, while the live tables keep serving reads and the live runner keeps
-applying. Then, in ONE transaction holding the projection's apply lock (so the live runner
-waits), it applies the tail written since, swaps the shadow in (indexes renamed back to their
-canonical names), sets the checkpoint and drops the old tables. Readers see the old model or the
-new one, never a mix.
+live tables, see projections/shadow_tables.py) batch by batch, while the live tables keep
+serving reads and the live runner keeps applying; then indexes the shadows. Then, in ONE
+transaction holding the projection's apply lock (so the live runner waits), it applies the tail
+written since, swaps the shadows in (indexes renamed back to their canonical names), sets the
+checkpoint and drops the old tables. Readers see the old model or the new one, never a mix.
 
 `check` rebuilds the same way but, instead of swapping, compares the shadow with the live model
 at the live checkpoint and reports every difference.
@@ -19,26 +19,24 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
-import re
 import time
 from collections.abc import Awaitable, Callable, Iterator
 
 import msgspec
 import psycopg
 import structlog
-from psycopg import sql
 from psycopg_pool import AsyncConnectionPool
 
 from ledger.checkpoints import read_checkpoint, set_checkpoint
 from ledger.lease import lock_id
 from ledger.store import EventStore, RecordedEvent
+from projections import shadow_tables
 from projections.leads import LeadDifference, LeadsProjection, diff_leads
 from projections.runner import Projection, apply_lock_id
 from schema.positions import LogPosition
 
 log = structlog.get_logger(__name__)
 
-SHADOW_SUFFIX = "_rebuild"
 
 Progress = Callable[[int, int], None]
 """Called after each batch with (events replayed so far, estimated total)."""
@@ -92,20 +90,24 @@ async def rebuild(
     batch_size: int = 10_000,
 ) -> RebuildReport:
     started = time.monotonic()
-    shadow = projection.shadow(SHADOW_SUFFIX)
+    shadow = projection.shadow(shadow_tables.SUFFIX)
     async with (
         pool.connection() as guard,
         _exclusive(guard, projection.name),
         pool.connection() as conn,
     ):
-        await _create_shadows(conn, projection.tables, shadow.tables)
+        pairs = list(zip(projection.tables, shadow.tables, strict=True))
+        for table, shadow_table in pairs:
+            await shadow_tables.create(conn, table, shadow_table)
         try:
             with _relaxed_gc():
                 replay = _Replay(store, shadow, conn, pool, batch_size, progress)
                 await replay.run(live_name=projection.name if check else None)
-                report = await _finish(replay, projection, conn, check, compare)
+            indexes = [await shadow_tables.build_indexes(conn, *pair) for pair in pairs]
+            report = await _finish(replay, projection, conn, check, compare, indexes)
         finally:
-            await _drop(conn, shadow.tables)
+            for _, shadow_table in pairs:
+                await shadow_tables.drop(conn, shadow_table)
     report.seconds = time.monotonic() - started
     log.info("rebuild finished", projection=projection.name, events=report.events,
              events_per_second=round(report.events_per_second), swapped=report.swapped,
@@ -170,6 +172,8 @@ class _Replay:
                     await self.shadow.apply(self.conn, events)
                 self.position = events[-1].log_position
                 self._done(len(events))
+            async with self.conn.transaction():
+                await self.shadow.flush(self.conn)
         finally:
             reader.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -220,6 +224,7 @@ async def _finish(
     conn: psycopg.AsyncConnection,
     check: bool,
     compare: Compare | None,
+    indexes: list[list[shadow_tables.ShadowIndex]],
 ) -> RebuildReport:
     """The tail and the swap (or the comparison), in one transaction under the apply lock."""
     differences: list[LeadDifference] = []
@@ -234,84 +239,11 @@ async def _finish(
             replay.position = live
         else:
             await replay.tail(until=None)
-            await _swap(conn, projection.tables, replay.shadow.tables)
+            pairs = zip(projection.tables, replay.shadow.tables, indexes, strict=True)
+            for table, shadow, shadow_indexes in pairs:
+                await shadow_tables.swap(conn, table, shadow, shadow_indexes)
             await set_checkpoint(conn, projection.name, replay.position)
     return RebuildReport(
         projection=projection.name, events=replay.events, position=replay.position,
         seconds=0.0, swapped=not check, differences=differences,
     )
-
-
-# -- shadow tables ----------------------------------------------------------------------------
-
-_INDEXES = """
-SELECT i.relname, pg_get_indexdef(i.oid)
-FROM pg_index x JOIN pg_class i ON i.oid = x.indexrelid
-WHERE x.indrelid = %s::regclass
-ORDER BY i.relname
-"""
-# "CREATE [UNIQUE] INDEX name ON schema.table USING ..." -> what the index is, minus its names.
-_INDEX_SHAPE = re.compile(r"^CREATE (UNIQUE )?INDEX \S+ ON \S+ (USING .*)$")
-
-
-async def _create_shadows(
-    conn: psycopg.AsyncConnection, tables: tuple[str, ...], shadows: tuple[str, ...]
-) -> None:
-    await _drop(conn, shadows)  # a crashed rebuild's leftovers
-    for table, shadow in zip(tables, shadows, strict=True):
-        await conn.execute(
-            sql.SQL("CREATE TABLE {} (LIKE {} INCLUDING ALL)").format(
-                sql.Identifier(shadow), sql.Identifier(table)
-            )
-        )
-
-
-async def _drop(conn: psycopg.AsyncConnection, tables: tuple[str, ...]) -> None:
-    for table in tables:
-        await conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier(table)))
-
-
-async def _swap(
-    conn: psycopg.AsyncConnection, tables: tuple[str, ...], shadows: tuple[str, ...]
-) -> None:
-    """Drops each live table and renames its shadow (and the shadow's indexes) into place."""
-    for table, shadow in zip(tables, shadows, strict=True):
-        renames = await _index_renames(conn, table, shadow)
-        await conn.execute(sql.SQL("DROP TABLE {}").format(sql.Identifier(table)))
-        await conn.execute(
-            sql.SQL("ALTER TABLE {} RENAME TO {}").format(
-                sql.Identifier(shadow), sql.Identifier(table)
-            )
-        )
-        # Renaming a constraint's index renames the constraint too (e.g. the primary key).
-        for current, canonical in renames:
-            await conn.execute(
-                sql.SQL("ALTER INDEX {} RENAME TO {}").format(
-                    sql.Identifier(current), sql.Identifier(canonical)
-                )
-            )
-
-
-async def _index_renames(
-    conn: psycopg.AsyncConnection, table: str, shadow: str
-) -> list[tuple[str, str]]:
-    """Pairs each shadow index with the live index of the same definition."""
-    live: dict[str, list[str]] = {}
-    for name, definition in await _indexes(conn, table):
-        live.setdefault(_shape(definition), []).append(name)
-    renames = []
-    for name, definition in await _indexes(conn, shadow):
-        canonical = live.get(_shape(definition))
-        if canonical:
-            renames.append((name, canonical.pop(0)))
-    return renames
-
-
-async def _indexes(conn: psycopg.AsyncConnection, table: str) -> list[tuple[str, str]]:
-    cur = await conn.execute(_INDEXES, (table,))
-    return list(await cur.fetchall())
-
-
-def _shape(definition: str) -> str:
-    match = _INDEX_SHAPE.match(definition)
-    return f"{match[1] or ''}{match[2]}" if match else definition

@@ -40,13 +40,16 @@ log = structlog.get_logger(__name__)
 
 
 class Projection(Protocol):
-    """A read model. `apply` runs inside the runner's transaction and must be idempotent per
-    lead version; `tables` are what a rebuild shadows; `shadow` writes into those shadows."""
+    """A read model. `apply` runs inside the caller's transaction and must be idempotent per
+    lead version. A rebuild fills `shadow(suffix)` (the same model over `<table><suffix>` for
+    each of `tables`), which may hold work in memory until `flush`."""
 
     name: str
     tables: tuple[str, ...]
 
     async def apply(self, conn: psycopg.AsyncConnection, events: list[RecordedEvent]) -> None: ...
+
+    async def flush(self, conn: psycopg.AsyncConnection) -> None: ...
 
     def shadow(self, suffix: str) -> Projection: ...
 

@@ -6,12 +6,13 @@ from __future__ import annotations
 
 import asyncio
 
+import msgspec
 import nats
 
 from ledger.checkpoints import read_checkpoint
 from ledger.store import NewEvent
 from projections.checkpoints import wait_for
-from projections.leads import LeadsProjection, get_lead
+from projections.leads import LeadsProjection, get_lead, row_from_state
 from projections.runner import apply_batch
 from schema.events import LeadCreated, LeadErased, LeadFields, LeadFieldsChanged, LeadTagged
 from schema.positions import LogPosition
@@ -182,3 +183,38 @@ async def _republish(infra, count: int) -> None:
     info = await js.stream_info(infra.stream)
     assert info.state.messages == len(content.messages) + count
     await nc.close()
+
+
+async def test_bulk_mode_spilling_to_the_table_folds_the_same_model(infra, store, pool):
+    """A rebuild holds leads in memory; past its limit it writes them out and reloads them
+    from the table when their later events come. Both paths give the same rows."""
+    await write_leads(store, 120, leads_per_append=3)
+    projection = LeadsProjection(store, bulk=25)  # spills every few batches
+    events = await read_ledger(store)
+    async with pool.connection() as conn:
+        for start in range(0, len(events), 40):
+            async with conn.transaction():
+                await projection.apply(conn, events[start : start + 40])
+        assert projection._written  # it did spill
+        async with conn.transaction():
+            await projection.flush(conn)
+    assert await read_model(pool) == await fresh_fold(store)
+
+
+def test_row_values_follow_the_column_order():
+    from datetime import UTC, datetime
+
+    from ledger.lead import INITIAL, evolve
+    from projections.lead_rows import COLUMNS, row_values, state_from_row
+
+    state = evolve(INITIAL, LeadCreated(
+        lead_id="R", fields=LeadFields(email="r@example.com", industry="saas"), stage="sql",
+        owner="o", tags=("a", "b"),
+    ))
+    now = datetime.now(UTC)
+    row = row_from_state("ws", state, now, now)
+    values = row_values("ws", state, now, now)
+    assert dict(zip(COLUMNS, values, strict=True)) == msgspec.structs.asdict(row)
+    assert (row.email, row.industry, row.stage, row.tags) == ("r@example.com", "saas", "sql",
+                                                             ["a", "b"])
+    assert state_from_row(row) == state
