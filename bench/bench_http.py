@@ -54,7 +54,7 @@ from bench.common import (
     update_results_md,
     write_results,
 )
-from bench.measure import ForeignCpu
+from bench.measure import _HZ, ForeignCpu, _tree_jiffies
 
 CONNECTIONS = (16, 64)
 TARGET_RATIO = 0.25
@@ -181,6 +181,11 @@ class Load(msgspec.Struct, frozen=True):
     requests: int
     errors: int
     foreign_cores: float | None
+    server_cpu_ms: float | None = None
+    """CPU of the server's processes per request (ms): steadier than throughput when other
+    work shares the machine."""
+    postgres_cpu_ms: float | None = None
+    """CPU of PostgreSQL's processes per request (ms), when embedded."""
 
 
 _UNITS = {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60_000.0}
@@ -197,14 +202,17 @@ _runs = iter(range(1, 10_000))
 
 
 def run_wrk(url: str, path: str, connections: int, seconds: float, script: Path,
-            run: str, token: str, roots: list[int]) -> Load:
+            run: str, token: str, roots: list[int], server_pid: int,
+            postgres_pid: int | None) -> Load:
     """One wrk run. Each run numbers its people from its own range (phones stay unique
     across runs: 200,000 per run)."""
     phone_base = next(_runs) * 200_000
     command = ["wrk", "-t2", f"-c{connections}", f"-d{seconds:g}s", "--latency", "--timeout",
                "10s", "-s", str(script), url, "--", run, token, path, str(phone_base)]
+    cpu0 = (_tree_jiffies([server_pid]), _tree_jiffies([postgres_pid]) if postgres_pid else 0)
     with ForeignCpu(roots) as meter:
         out = subprocess.run(command, capture_output=True, text=True, check=True).stdout
+    cpu1 = (_tree_jiffies([server_pid]), _tree_jiffies([postgres_pid]) if postgres_pid else 0)
     if "Latency Distribution" not in out:
         raise RuntimeError(f"wrk printed no latency distribution:\n{out}")
     rate = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
@@ -218,7 +226,11 @@ def run_wrk(url: str, path: str, connections: int, seconds: float, script: Path,
     if socket_errors:
         errors += sum(int(n) for n in re.findall(r"\d+", socket_errors.group(1)))
     cores = None if meter.cores is None else round(meter.cores, 2)
-    return Load(rate, round(p50, 2), round(p99, 2), requests, errors, cores)
+    per_request = 1000 / _HZ / max(requests, 1)
+    server_cpu = round((cpu1[0] - cpu0[0]) * per_request, 3)
+    postgres_cpu = round((cpu1[1] - cpu0[1]) * per_request, 3) if postgres_pid else None
+    return Load(rate, round(p50, 2), round(p99, 2), requests, errors, cores, server_cpu,
+                postgres_cpu)
 
 
 # -- the run -------------------------------------------------------------------------------------
@@ -266,13 +278,16 @@ def main() -> None:
             ):
                 served = Served(server, target, args.workers, env, probe)
                 roots = [*pg.own_pids(), served.process.pid]
+                postgres = next(iter(pg.own_pids()[1:]), None)
+                measure = dict(script=script, token=token, roots=roots,
+                               server_pid=served.process.pid, postgres_pid=postgres)
                 try:
                     run = uuid.uuid4().hex[:6]
-                    run_wrk(served.url, path, 16, args.warmup, script, run + "w", token, roots)
+                    run_wrk(served.url, path, 16, args.warmup, run=run + "w", **measure)
                     for connections in CONNECTIONS:
                         loads[(server, kind, connections)] = run_wrk(
-                            served.url, path, connections, args.duration, script,
-                            f"{run}{connections}", token, roots)
+                            served.url, path, connections, args.duration,
+                            run=f"{run}{connections}", **measure)
                         print(server, kind, connections, loads[(server, kind, connections)],
                               flush=True)
                 finally:
@@ -332,8 +347,9 @@ def markdown(loads: dict[tuple[str, str, int], Load], servers: list[str], best: 
         "answering JSON; `create` = POST /v1/leads, a 16-field lead, every check on "
         "(key lookup, rate limit, validation, Idempotency-Key, normalization, dedup, encrypted "
         "append, request log). PostgreSQL, the server and wrk share the 2 cores.", "",
-        "| server | app | conns | req/s | p50 ms | p99 ms | errors | create/minimal |",
-        "|---|---|---:|---:|---:|---:|---:|---:|",
+        "| server | app | conns | req/s | p50 ms | p99 ms | errors | create/minimal | "
+        "server CPU ms/req | PostgreSQL CPU ms/req | other work (cores) |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for server in servers:
         for kind in ("minimal", "create"):
@@ -345,7 +361,9 @@ def markdown(loads: dict[tuple[str, str, int], Load], servers: list[str], best: 
                     ratio = f"{load.rate / base:.2f}" if base else "-"
                 lines.append(
                     f"| {server} | {kind} | {connections} | {fmt_rate(load.rate)} | "
-                    f"{load.p50_ms:.1f} | {load.p99_ms:.1f} | {load.errors} | {ratio} |")
+                    f"{load.p50_ms:.1f} | {load.p99_ms:.1f} | {load.errors} | {ratio} | "
+                    f"{_fmt(load.server_cpu_ms)} | {_fmt(load.postgres_cpu_ms)} | "
+                    f"{_fmt(load.foreign_cores)} |")
     create16 = loads[(best, "create", 16)]
     ratio16 = create16.rate / loads[(best, "minimal", 16)].rate
     lines += [
@@ -356,6 +374,10 @@ def markdown(loads: dict[tuple[str, str, int], Load], servers: list[str], best: 
         f"ms): {'met' if create16.p99_ms <= TARGET_P99_MS else '**missed**'}.",
     ]
     return "\n".join(lines)
+
+
+def _fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
 
 
 if __name__ == "__main__":

@@ -426,6 +426,21 @@ def test_duplicates(tc: TestClient, keys: Keys) -> None:
     # the same person in another workspace is another lead
     assert tc.post("/v1/leads", json=lead_body(60), headers=auth(keys.other)).status_code == 201
 
+    # a PATCH moves the lead's identity with it: taken identities are refused, old ones freed
+    second, _ = create(tc, keys.sales, 61)
+    taken = tc.patch(f"/v1/leads/{second['id']}", json={"email": lead["email"], "city": "Oslo"},
+                     headers=auth(keys.sales))
+    assert assert_problem(taken, 409, "duplicate-lead")["existing_id"] == lead["id"]
+    moved = tc.patch(f"/v1/leads/{second['id']}",
+                     json={"email": "new.address@analytical61.example", "stage": "mql"},
+                     headers=auth(keys.sales))
+    assert moved.status_code == 200, moved.text
+    reuse_old = lead_body(62, email=second["email"])
+    assert tc.post("/v1/leads", json=reuse_old, headers=auth(keys.sales)).status_code == 201
+    reuse_new = lead_body(63, email="new.address@analytical61.example")
+    assert_problem(tc.post("/v1/leads", json=reuse_new, headers=auth(keys.sales)),
+                   409, "duplicate-lead")
+
 
 # -- idempotency --------------------------------------------------------------------------------
 

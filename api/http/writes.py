@@ -1,10 +1,12 @@
 """Lead writes from HTTP: the commands of one request, applied through the ledger's command path.
 
-A request that maps to one command (create, note, tag, archive, ...) goes through
-`LeadCommands.execute`, the path every interface shares. A PATCH may change fields, stage,
-owner and tags at once: those commands are decided one after another against the same state
-and appended as one write at one version, so a PATCH is all or nothing and its If-Match guards
-the whole of it. A write answers with the lead as the ledger now has it, its version (the
+A create goes through ingestion (normalize, vocabularies, dedup) and a request that maps to one
+command (note, tag, archive, ...) through `LeadCommands.execute`: the paths every interface
+shares. A PATCH may change fields, stage, owner and tags at once: those commands are decided one
+after another against the same state and appended as one write at one version (keeping the
+identity index in step, as LeadCommands does), so a PATCH is all or nothing and its If-Match
+guards the whole of it. LeadCommands has no multi-command entry point yet; when it gains one,
+`apply` should become a call of it. A write answers with the lead as the ledger now has it, its version (the
 ETag), the ledger times it was created and last changed, and the position of its latest event
 (the consistency token).
 """
@@ -25,9 +27,11 @@ from tenacity import (
 )
 
 from api.http.problems import ProblemError
-from ledger.errors import ConcurrencyError, LeadNotFound
+from ledger import identity
+from ledger.errors import ConcurrencyError, DuplicateLead, LeadNotFound
+from ledger.identity import IdentityKey
 from ledger.ingest import CREATED, Ingestor, NewLead
-from ledger.lead import INITIAL, LeadState, decide, evolve, fold
+from ledger.lead import ACTIVE, ARCHIVED, INITIAL, LeadState, decide, evolve, fold
 from ledger.lead_commands import LeadCommands
 from ledger.quality_settings import QualitySettings
 from ledger.store import EventStore, NewEvent
@@ -199,12 +203,36 @@ class LeadWriter:
             for event in decided:
                 after = evolve(after, event)
             events.extend(decided)
-        if events:
-            new = [NewEvent(e) for e in events]
+        if not events:
+            return after, events
+        new = [NewEvent(e) for e in events]
+        release, claim = self._identity_change(state, after)
+        if not release and not claim:
             await self.store.append(
                 workspace, lead_id, state.version, new, metadata, key=stream.key
             )
+            return after, events
+        # As LeadCommands does for one command: the identity index moves with the lead, in the
+        # append's transaction; a key another lead owns refuses the whole PATCH.
+        async with self.store.pool.connection() as conn, conn.transaction():
+            await identity.release(conn, workspace, lead_id, release)
+            claims = await identity.reserve(conn, workspace, lead_id, claim)
+            if claims:
+                raise DuplicateLead(claims[0].lead_id, tuple(c.kind for c in claims))
+            await self.store.append(
+                workspace, lead_id, state.version, new, metadata, key=stream.key, conn=conn
+            )
         return after, events
+
+    def _identity_change(
+        self, before: LeadState, after: LeadState
+    ) -> tuple[list[IdentityKey], list[IdentityKey]]:
+        hasher = self.commands.hasher
+        if hasher is None:
+            return [], []
+        old = hasher.keys_for(before.fields) if before.status in (ACTIVE, ARCHIVED) else []
+        new = hasher.keys_for(after.fields) if after.status in (ACTIVE, ARCHIVED) else []
+        return [k for k in old if k not in new], [k for k in new if k not in old]
 
     async def current(
         self, workspace: str, lead_id: str, *, expected_version: int | None = None
