@@ -227,3 +227,25 @@ def test_up_refuses_a_busy_port_in_one_line(data_dir: Path) -> None:
         f"leadledger: error: cannot listen on 127.0.0.1:{port}: Address already in use"
     )
     assert not data_dir.exists()  # refused before any server started
+
+
+def test_up_on_external_servers_starts_nothing_embedded(infra, data_dir: Path) -> None:
+    """With LEADLEDGER_DATABASE_URL / LEADLEDGER_NATS_URL (here: the test's servers) `up` uses
+    them: the data folder is never created, and the pipeline runs end to end."""
+    env = cli_env(infra)
+    up = Up(data_dir, env)
+    try:
+        issued = run_cli("keys", "create", "--workspace", "acme", "--role", "admin",
+                         "--name", "external", env=env)
+        assert issued.returncode == 0, issued.stderr
+        auth = {"authorization": f"Bearer {issued.stdout.strip()}"}
+        posted = httpx.post(f"{up.url}/v1/leads", headers=auth, timeout=30,
+                            json={"email": "linus@example.com"})
+        assert posted.status_code == 201, posted.text
+        read = _get_lead(up.url, auth, posted.json()["id"], posted.headers["x-consistency-token"])
+        assert read["email"] == "linus@example.com"
+    finally:
+        code = up.stop(signal.SIGTERM)
+    assert code == 0, up.stderr()
+    assert "Traceback" not in up.stderr()
+    assert not data_dir.exists()
