@@ -128,6 +128,10 @@ def test_validation_errors_name_each_field(tc: TestClient, keys: Keys) -> None:
                   headers=auth(keys.sales, **{"content-type": "application/json"}))
     assert_problem(big, 413, "payload-too-large")
 
+    form = tc.post("/v1/leads", content=b"first_name=Ada", headers=auth(
+        keys.sales, **{"content-type": "application/x-www-form-urlencoded"}))
+    assert_problem(form, 415, "unsupported-media-type")
+
     bad_limit = tc.get("/v1/leads?limit=5000", headers=auth(keys.sales))
     assert_problem(bad_limit, 422, "validation-failed")
 

@@ -27,6 +27,7 @@ from api.keys import KeyStore, Verified
 WINDOW_S = 60
 PUBLIC_PREFIXES = ("/health", "/ready", "/schema", "/problems")
 READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 
 
 class Quota(msgspec.Struct, frozen=True):
@@ -64,6 +65,21 @@ class RateLimiter:
             return Quota(False, limit, 0, reset)
         window[1] += 1
         return Quota(True, limit, limit - int(window[1]), reset)
+
+
+def _json_body(scope: Scope) -> bool:
+    """False when the request has a body that does not say it is JSON."""
+    content_type, length, chunked = None, 0, False
+    for key, value in scope.get("headers", ()):
+        if key == b"content-type":
+            content_type = value.split(b";", 1)[0].strip().lower()
+        elif key == b"content-length":
+            length = int(value) if value.isdigit() else 1
+        elif key == b"transfer-encoding":
+            chunked = True
+    if content_type is None:
+        return length == 0 and not chunked
+    return content_type == b"application/json" or content_type.endswith(b"+json")
 
 
 def _bearer(scope: Scope) -> str | None:
@@ -109,6 +125,11 @@ class AccessMiddleware:
                 f"retry in {quota.reset_s} s",
                 headers={"Retry-After": str(quota.reset_s),
                          **{k.decode(): v.decode() for k, v in extra}},
+            )
+        if scope.get("method") in BODY_METHODS and not _json_body(scope):
+            raise ProblemError(
+                "unsupported-media-type", "send request bodies as application/json",
+                headers={k.decode(): v.decode() for k, v in extra},
             )
         if scope.get("method") not in READ_METHODS and not verified.key.can_write:
             raise ProblemError(

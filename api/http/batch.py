@@ -19,7 +19,7 @@ from litestar.params import Parameter
 from litestar.status_codes import HTTP_200_OK
 
 from api.http.context import write_metadata
-from api.http.docs import IdempotencyKeyHeader, ReasonHeader
+from api.http.docs import BATCH_BODY, IdempotencyKeyHeader, ReasonHeader
 from api.http.idempotency import Reply, derived_id, derived_ids, reply, run_idempotent
 from api.http.leads import WRITE_PROBLEMS, create_one, lead_of_state, new_lead
 from api.http.problems import (
@@ -124,7 +124,7 @@ class BatchController(Controller):
     async def create_many(
         self,
         request: Request,
-        data: BatchRequest,
+        data: Annotated[BatchRequest, BATCH_BODY],
         services: Services,
         atomic: Annotated[bool, Parameter(description="All or nothing.")] = False,
         idempotency_key: IdempotencyKeyHeader = None,

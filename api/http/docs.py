@@ -5,7 +5,8 @@ from __future__ import annotations
 from typing import Annotated
 
 from litestar.datastructures import ResponseHeader
-from litestar.params import Parameter
+from litestar.openapi.spec import Example
+from litestar.params import Body, Parameter
 
 IdempotencyKeyHeader = Annotated[
     str | None,
@@ -61,3 +62,36 @@ LOCATION = ResponseHeader(
     name="Location", documentation_only=True, description="The new resource's URL."
 )
 WRITE_HEADERS = [ETAG, CONSISTENCY]
+
+
+LEAD_EXAMPLE = {
+    "first_name": "Ada", "last_name": "Lovelace", "email": "ada@analytical.example",
+    "phone": "+442071838750", "company": "Analytical Engines Ltd",
+    "title": "Head of Engineering", "website": "https://analytical.example", "country": "GB",
+    "city": "London", "source": "web_form", "external_id": "crm-00042", "stage": "lead",
+    "owner": "owner@seller.example", "tags": ["webinar-2025"],
+    "reason": "Requested a demo at the webinar",
+}
+CREATE_BODY = Body(
+    title="A new lead",
+    examples=[Example(summary="A lead from a web form", value=LEAD_EXAMPLE)],
+)
+PATCH_BODY = Body(
+    title="Changes to a lead",
+    examples=[
+        Example(summary="Qualify and reassign",
+                value={"stage": "mql", "owner": "sam@seller.example", "title": "CTO",
+                       "reason": "Qualified on a discovery call"}),
+        Example(summary="Clear a field, replace the tags",
+                value={"phone": None, "tags": ["enterprise", "hot"]}),
+    ],
+)
+BATCH_BODY = Body(
+    title="Up to 1,000 leads",
+    examples=[Example(summary="Two leads from an import",
+                      value={"leads": [LEAD_EXAMPLE, {**LEAD_EXAMPLE, "first_name": "Grace",
+                                                      "last_name": "Hopper",
+                                                      "email": "grace@navy.example",
+                                                      "phone": None, "external_id": None}],
+                             "reason": "Trade-show import"})],
+)

@@ -21,7 +21,9 @@ from msgspec import UNSET
 
 from api.http.context import write_metadata
 from api.http.docs import (
+    CREATE_BODY,
     LOCATION,
+    PATCH_BODY,
     WRITE_HEADERS,
     ConsistencyTokenHeader,
     IdempotencyKeyHeader,
@@ -209,7 +211,7 @@ class LeadController(Controller):
     async def create(
         self,
         request: Request,
-        data: LeadCreate,  # type: ignore[valid-type]
+        data: Annotated[LeadCreate, CREATE_BODY],  # type: ignore[valid-type]
         services: Services,
         on_duplicate: OnDuplicate = None,
         idempotency_key: IdempotencyKeyHeader = None,
@@ -268,7 +270,7 @@ class LeadController(Controller):
         self,
         request: Request,
         lead_id: LeadId,
-        data: LeadPatch,  # type: ignore[valid-type]
+        data: Annotated[LeadPatch, PATCH_BODY],  # type: ignore[valid-type]
         services: Services,
         if_match_: IfMatchHeader = None,
         x_reason: ReasonHeader = None,

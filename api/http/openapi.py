@@ -17,7 +17,6 @@ from api.http.problems import PROBLEM_MEDIA_TYPE, PROBLEM_TYPES, problem_type_ur
 ANY_OPERATION = (400, 401, 422, 429)
 WITH_BODY = (413, 415)
 PUBLIC_PATHS = ("/health", "/ready", "/problems", "/problems/{slug}")
-BATCH_PATH = "/v1/leads/batch"
 
 
 def finish_openapi(app: Litestar) -> OpenAPI:
@@ -37,18 +36,11 @@ def finish_openapi(app: Litestar) -> OpenAPI:
             for status in statuses:
                 responses.setdefault(str(status), _problem_response(status))
             operation.responses = responses
-    batch = (document.paths or {}).get(BATCH_PATH)
-    if batch is not None and batch.post is not None and batch.post.request_body is not None:
-        body = batch.post.request_body
-        content = body.content.get("application/json") if not isinstance(body, Reference) else None
-        schema = content.schema if content is not None else None
-        components = document.components.schemas or {}
-        if isinstance(schema, Reference):
-            schema = components.get(schema.ref.rsplit("/", 1)[-1])
-        if isinstance(schema, Schema) and schema.properties and "leads" in schema.properties:
-            leads = schema.properties["leads"]
-            if isinstance(leads, Schema):
-                leads.items = Reference(ref="#/components/schemas/LeadCreate")
+    batch = (document.components.schemas or {}).get("BatchRequest")
+    if isinstance(batch, Schema) and batch.properties and "leads" in batch.properties:
+        leads = batch.properties["leads"]
+        if isinstance(leads, Schema):
+            leads.items = Reference(ref="#/components/schemas/LeadCreate")
     return document
 
 
