@@ -101,7 +101,8 @@ async def test_projection_worker_killed_at_random_moments(infra, store, pool, tm
         written = await load
         await eventually(lambda: reached(pool, store, "lead"), 60, "the projection worker")
         await eventually(lambda: relay_done(pool, store), 30, "the relay")
-    assert worker.stop() == 0
+        await eventually(lambda: _leased(pool, "projection-lead"), 30, "the worker to start")
+    assert worker.stop() == 0  # SIGTERM stops it cleanly
     assert worker.kills >= 3 and written >= 20_000
     await _assert_everything_arrived(infra, store, pool, written)
 
@@ -115,6 +116,7 @@ async def test_relay_killed_at_random_moments(infra, store, pool, tmp_path):
         written = await load
         await eventually(lambda: relay_done(pool, store), 60, "the relay")
         await eventually(lambda: reached(pool, store, "lead"), 30, "the projection")
+        await eventually(lambda: _leased(pool, "relay"), 30, "the relay to start")
     assert relay.stop() == 0
     assert relay.kills >= 3 and written >= 20_000
     await _assert_everything_arrived(infra, store, pool, written)
@@ -143,6 +145,18 @@ async def test_nats_down_under_write_load(infra, store, pool, tmp_path):
         await _assert_everything_arrived(infra, store, pool, written)
     finally:
         server.stop()
+
+
+async def _leased(pool, lease: str) -> bool:
+    """Does some session hold lease `lease` (a worker that finished starting up)?"""
+    async with pool.connection() as conn:
+        cur = await conn.execute(
+            "SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a USING (pid)"
+            " WHERE l.locktype = 'advisory' AND l.granted AND a.application_name = %s",
+            (f"leadledger-{lease}",),
+        )
+        row = await cur.fetchone()
+    return bool(row and row[0])
 
 
 def _with_nats(infra, url: str):
