@@ -18,14 +18,21 @@ from pathlib import Path
 from typing import NoReturn
 
 import click
+import psycopg
+from psycopg_pool import PoolTimeout
 
 from api.cli_runtime import cli_settings, data_dir_option
+from api.embedded import EmbeddedError
 from api.keys_cli import keys
 from api.lead_cli import lead
 from api.pipeline_cli import replay, status
 from api.runtime import open_runtime
 from api.server import ServerError, listen, resolve_servers, serve
 from api.settings import SettingsError
+from ledger.crypto import MasterKeyError
+from ledger.errors import LedgerError
+from ledger.migrations import MigrationError
+from ledger.migrations import migrate as apply_migrations
 
 
 @click.group(
@@ -99,8 +106,6 @@ def up(data_dir: Path | None, host: str | None, port: int | None) -> None:
 @data_dir_option
 def migrate(data_dir: Path | None) -> None:
     """Apply pending database migrations (every command also does this on start)."""
-    from ledger.migrations import migrate as apply_migrations
-
     settings = cli_settings(data_dir)
     with resolve_servers(settings, nats=False) as servers:
         applied = asyncio.run(apply_migrations(servers.database_url))
@@ -119,9 +124,6 @@ for command in (lead, status, replay, keys):
 
 def _one_line(exc: BaseException) -> str:
     """An operator-facing error as a single line (drivers' messages span several)."""
-    import psycopg
-    from psycopg_pool import PoolTimeout
-
     text = " ".join(str(exc).split()) or exc.__class__.__name__
     if isinstance(exc, psycopg.OperationalError):
         return f"PostgreSQL: {text}"
@@ -130,19 +132,11 @@ def _one_line(exc: BaseException) -> str:
     return text
 
 
-def _user_errors() -> tuple[type[BaseException], ...]:
-    import psycopg
-    from psycopg_pool import PoolTimeout
-
-    from api.embedded import EmbeddedError
-    from ledger.crypto import MasterKeyError
-    from ledger.errors import LedgerError
-    from ledger.migrations import MigrationError
-
-    return (
-        ServerError, SettingsError, EmbeddedError, MasterKeyError, MigrationError, LedgerError,
-        psycopg.OperationalError, PoolTimeout,
-    )
+USER_ERRORS: tuple[type[BaseException], ...] = (
+    ServerError, SettingsError, EmbeddedError, MasterKeyError, MigrationError, LedgerError,
+    psycopg.OperationalError, PoolTimeout,
+)
+"""Errors an operator can act on: one line, exit 1. Anything else is a bug (exit 70)."""
 
 
 def _fail(message: str, code: int) -> NoReturn:
@@ -162,7 +156,7 @@ def main(argv: list[str] | None = None) -> NoReturn:
         _fail(" ".join(exc.format_message().split()), exc.exit_code)
     except click.Abort:
         _fail("interrupted", 130)
-    except _user_errors() as exc:
+    except USER_ERRORS as exc:
         _fail(_one_line(exc), 1)
     except Exception as exc:  # noqa: BLE001 - a bug: one line, the traceback when debugging
         if os.environ.get("LEADLEDGER_LOG_LEVEL", "").lower() == "debug":

@@ -46,6 +46,7 @@ class StatusView(msgspec.Struct, kw_only=True):
 def status(as_json: bool, data_dir: Path | None) -> None:
     """Show the ledger head, the readable horizon, and the relay's and each projection's
     position and lag (in events)."""
+
     def reader(r: ReaderStatus) -> ReaderView:
         return ReaderView(name=r.name, position=r.checkpoint.token(), lag_events=r.lag_events,
                           updated_at=r.updated_at)

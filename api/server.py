@@ -245,6 +245,7 @@ async def serve(
         log.info("stopping", signal=signal.Signals(signum).name)
         stop.set()
 
+    previous = {signum: signal.getsignal(signum) for signum in _STOP_SIGNALS}
     for signum in _STOP_SIGNALS:
         loop.add_signal_handler(signum, on_signal, signum)
     http_task = asyncio.create_task(http.serve(sockets=[sock]), name="http")
@@ -265,8 +266,9 @@ async def serve(
         failure = await _finish(http_task, HTTP_GRACE_S + 5, "HTTP server")
         failure = await _finish(workers_task, WORKERS_GRACE_S, "workers") or failure
         stop_task.cancel()
-        for signum in _STOP_SIGNALS:
+        for signum, handler in previous.items():
             loop.remove_signal_handler(signum)
+            signal.signal(signum, handler)  # the caller's, not the default, while we wind down
     if failure:
         raise ServerError(failure)
 
