@@ -9,13 +9,10 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 
 RUN useradd --create-home --uid 10001 leadledger
 WORKDIR /app
-COPY pyproject.toml README.md ./
-COPY schema ./schema
-COPY ledger ./ledger
-COPY projections ./projections
-COPY processors ./processors
-COPY api ./api
-RUN pip install .
+# The whole tree minus .dockerignore: every package folder that exists (some start empty).
+COPY . .
+# Editable, as in development and CI: the migrations are read from schema/migrations in place.
+RUN pip install -e .
 
 USER leadledger
 ENV LEADLEDGER_HOST=0.0.0.0 \
