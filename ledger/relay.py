@@ -29,10 +29,12 @@ from nats.js import JetStreamContext
 from psycopg_pool import AsyncConnectionPool
 from tenacity import (
     AsyncRetrying,
+    RetryCallState,
     retry_if_exception_type,
     stop_after_attempt,
     wait_random_exponential,
 )
+from tenacity.stop import stop_base
 
 from ledger.checkpoints import RELAY, advance_checkpoint, read_checkpoint
 from ledger.envelopes import to_cloudevent
@@ -63,6 +65,16 @@ class PublishError(RuntimeError):
 
 # Anything NATS-side ends a session; the run loop reconnects after a backoff.
 _SESSION_ERRORS = (nats.errors.Error, OSError, PublishError)
+
+
+class _StopRequested(stop_base):
+    """Ends a retry loop as soon as the worker is asked to stop."""
+
+    def __init__(self, stop: asyncio.Event) -> None:
+        self.stop = stop
+
+    def __call__(self, retry_state: RetryCallState) -> bool:
+        return self.stop.is_set()
 
 
 class Message(msgspec.Struct, frozen=True):
@@ -150,7 +162,7 @@ class Relay:
             await _drain_notifies(self.lease.conn)
             events = await self.store.read_all(checkpoint, self.batch_size)
             if events:
-                await self._publish(js, self._messages(events, checkpoint))
+                await self._publish(js, self._messages(events, checkpoint), stop)
                 checkpoint = events[-1].log_position
                 # Through the lease connection: if the lease is gone, this fails.
                 await advance_checkpoint(self.lease.conn, RELAY, checkpoint)
@@ -170,9 +182,17 @@ class Relay:
             previous = recorded.log_position
         return messages
 
-    async def _publish(self, js: JetStreamContext, messages: list[Message]) -> None:
+    async def _publish(
+        self, js: JetStreamContext, messages: list[Message], stop: asyncio.Event
+    ) -> None:
+        """Retries the whole batch (JetStream drops the ids it already stored), a bounded number
+        of times; a stop request ends the waiting (the batch is simply not checkpointed)."""
+        async def sleep(seconds: float) -> None:
+            await wait_for_stop(stop, seconds)
+
         retrying = AsyncRetrying(
-            stop=stop_after_attempt(self.publish_attempts),
+            stop=stop_after_attempt(self.publish_attempts) | _StopRequested(stop),
+            sleep=sleep,
             wait=wait_random_exponential(multiplier=0.25, max=4.0),
             retry=retry_if_exception_type(_RETRYABLE),
             before_sleep=lambda state: log.warning(

@@ -3,6 +3,10 @@ republish, and a standby taking over when the active relay's connection dies."""
 
 from __future__ import annotations
 
+import asyncio
+import socket
+import time
+
 from ledger.checkpoints import RELAY, read_checkpoint, set_checkpoint
 from ledger.envelopes import from_cloudevent
 from schema.envelope import event_subject
@@ -89,3 +93,20 @@ async def test_a_standby_takes_over_when_the_active_relay_connection_dies(infra,
     assert len(content.envelopes) == written == len({e.id for e in content.envelopes})
     async with pool.connection() as conn:
         assert await read_checkpoint(conn, RELAY) == (await read_ledger(store))[-1].log_position
+
+
+async def test_without_nats_the_relay_keeps_its_place_and_still_stops_promptly(
+    infra, store, pool
+):
+    with socket.socket() as probe:  # a port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        nowhere = f"nats://127.0.0.1:{probe.getsockname()[1]}"
+    relay = make_relay(infra, store, pool, nats_url=nowhere)
+    async with running(relay) as stop:
+        await write_leads(store, 5)  # writes never touch NATS
+        await asyncio.sleep(1.5)
+        async with pool.connection() as conn:
+            assert await read_checkpoint(conn, RELAY) == LogPosition()
+        started = time.monotonic()
+        stop.set()
+    assert time.monotonic() - started < 5
