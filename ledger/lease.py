@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+from collections.abc import Awaitable, Callable
 
 import psycopg
 import structlog
@@ -108,6 +109,22 @@ class Lease:
         cur = await self._conn.execute("SELECT pg_try_advisory_lock(%s)", (self.key,))
         row = await cur.fetchone()
         return bool(row and row[0])
+
+    async def serve(self, stop: asyncio.Event, work: Callable[[], Awaitable[None]]) -> None:
+        """Until `stop`: stands by for the lease, runs `work` while holding it, and stands by
+        again if the lease connection drops (PostgreSQL errors end the holding, not the loop)."""
+        try:
+            lost = False
+            while await self.acquire(stop, after_loss=lost):
+                lost = True
+                try:
+                    await work()
+                except (LeaseLost, psycopg.OperationalError) as exc:
+                    log.warning("lease lost", lease=self.name, error=str(exc))
+                finally:
+                    await self.release()
+        finally:
+            await self.release()
 
     async def release(self) -> None:
         """Closing the session releases the lock (and any LISTEN) with it."""

@@ -39,7 +39,7 @@ from tenacity.stop import stop_base
 from ledger.checkpoints import RELAY, advance_checkpoint, read_checkpoint
 from ledger.envelopes import to_cloudevent
 from ledger.jetstream import connect_nats, ensure_stream
-from ledger.lease import Lease, LeaseLost, pool_conninfo, wait_for_stop
+from ledger.lease import Lease, pool_conninfo, wait_for_stop
 from ledger.store import EventStore, RecordedEvent
 from schema.envelope import encode_envelope, event_subject
 from schema.positions import LogPosition
@@ -117,18 +117,7 @@ class Relay:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Runs until `stop` is set: stands by for the lease, then relays while it holds it."""
-        try:
-            lost = False
-            while await self.lease.acquire(stop, after_loss=lost):
-                lost = True
-                try:
-                    await self._hold(stop)
-                except (LeaseLost, psycopg.OperationalError) as exc:
-                    log.warning("relay lost its lease", error=str(exc))
-                finally:
-                    await self.lease.release()
-        finally:
-            await self.lease.release()
+        await self.lease.serve(stop, lambda: self._hold(stop))
 
     async def _hold(self, stop: asyncio.Event) -> None:
         await self.lease.conn.execute(f"LISTEN {CHANNEL}")

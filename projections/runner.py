@@ -31,7 +31,7 @@ from psycopg_pool import AsyncConnectionPool
 from ledger.checkpoints import advance_checkpoint, read_checkpoint
 from ledger.envelopes import from_cloudevent
 from ledger.jetstream import connect_nats, ensure_stream
-from ledger.lease import Lease, LeaseLost, lock_id, pool_conninfo, wait_for_stop
+from ledger.lease import Lease, lock_id, pool_conninfo, wait_for_stop
 from ledger.store import EventStore, RecordedEvent
 from schema.envelope import decode_envelope, stream_subjects
 from schema.positions import LogPosition
@@ -128,20 +128,8 @@ class ProjectionRunner:
         return f"projection-{self.projection.name}"
 
     async def run(self, stop: asyncio.Event) -> None:
-        try:
-            lost = False
-            while await self.lease.acquire(stop, after_loss=lost):
-                lost = True
-                try:
-                    await self._hold(stop)
-                except (LeaseLost, psycopg.OperationalError) as exc:
-                    log.warning(
-                        "projection lost its lease", projection=self.durable, error=str(exc)
-                    )
-                finally:
-                    await self.lease.release()
-        finally:
-            await self.lease.release()
+        """Runs until `stop` is set: stands by for the lease, then projects while it holds it."""
+        await self.lease.serve(stop, lambda: self._hold(stop))
 
     async def _hold(self, stop: asyncio.Event) -> None:
         self.cursor = await read_checkpoint(self.lease.conn, self.projection.name)
