@@ -26,8 +26,14 @@ from api.embedded import EmbeddedError
 from api.keys_cli import keys
 from api.lead_cli import lead
 from api.pipeline_cli import replay, status
-from api.runtime import open_runtime
-from api.server import ServerError, listen, resolve_servers, serve
+from api.server import (
+    Endpoints,
+    ServerError,
+    listen,
+    open_runtime_when_ready,
+    resolve_servers,
+    serve,
+)
 from api.settings import SettingsError
 from ledger.crypto import MasterKeyError
 from ledger.errors import LedgerError
@@ -77,11 +83,11 @@ def up(data_dir: Path | None, host: str | None, port: int | None) -> None:
     signal.signal(signal.SIGTERM, _interrupt)  # until serving, SIGTERM stops like Ctrl-C
     sock = listen(settings.host, settings.port)  # a busy port fails before anything starts
 
-    async def run(database_url: str, nats_url: str, master_key: str, where: str) -> None:
-        runtime = await open_runtime(settings, database_url, nats_url, master_key)
+    async def run(servers: Endpoints) -> None:
+        runtime = await open_runtime_when_ready(settings, servers)
 
         def ready(url: str) -> None:
-            click.echo(f"leadledger is serving {url} ({where}); Ctrl-C stops it")
+            click.echo(f"leadledger is serving {url} ({servers.description}); Ctrl-C stops it")
 
         try:
             await serve(runtime, sock, on_ready=ready)
@@ -90,10 +96,7 @@ def up(data_dir: Path | None, host: str | None, port: int | None) -> None:
 
     try:
         with sock, resolve_servers(settings, nats=True) as servers:
-            asyncio.run(
-                run(servers.database_url, servers.nats_url, servers.master_key,
-                    servers.description)
-            )
+            asyncio.run(run(servers))
     except KeyboardInterrupt:
         pass  # stopped while starting: whatever had started has been stopped on the way out
     click.echo("leadledger stopped", err=True)

@@ -22,10 +22,17 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import psycopg
 import structlog
+from tenacity import (
+    AsyncRetrying,
+    retry_if_exception_type,
+    stop_after_delay,
+    wait_random_exponential,
+)
 
 from api.embedded import EmbeddedError, EmbeddedNats, EmbeddedPostgres, master_key_file
-from api.runtime import Runtime
+from api.runtime import Runtime, open_runtime
 from api.settings import Settings
 from ledger.crypto import parse_master_key
 
@@ -34,6 +41,8 @@ log = structlog.get_logger(__name__)
 DATABASE = "leadledger"
 HTTP_GRACE_S = 5
 """How long open HTTP requests get to finish once a stop is asked for."""
+DATABASE_WAIT_S = 30.0
+"""How long `up` waits for an external PostgreSQL that is not reachable yet."""
 WORKERS_GRACE_S = 15.0
 """How long the relay and projections get to finish their batch before they are cancelled."""
 
@@ -200,6 +209,27 @@ def _signals_restored() -> Iterator[None]:
         yield
     finally:
         signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
+
+
+async def open_runtime_when_ready(settings: Settings, servers: Endpoints) -> Runtime:
+    """`open_runtime` for a long-running service: an external PostgreSQL that is still starting
+    (containers started together) gets a bounded, jittered wait instead of an instant failure."""
+    retrying = AsyncRetrying(
+        stop=stop_after_delay(DATABASE_WAIT_S),
+        wait=wait_random_exponential(multiplier=0.5, max=5),
+        retry=retry_if_exception_type(psycopg.OperationalError),
+        before_sleep=lambda state: log.warning(
+            "PostgreSQL not reachable yet; retrying", attempt=state.attempt_number,
+            error=" ".join(str(state.outcome.exception()).split()) if state.outcome else None,
+        ),
+        reraise=True,
+    )
+    async for attempt in retrying:
+        with attempt:
+            return await open_runtime(
+                settings, servers.database_url, servers.nats_url, servers.master_key
+            )
+    raise AssertionError("unreachable")
 
 
 def listen(host: str, port: int) -> socket.socket:
