@@ -118,6 +118,7 @@ def lead_create(
 @data_dir_option
 def lead_show(workspace: str, lead_id: str, data_dir: Path | None) -> None:
     """Print a lead as JSON, folded from its events in the ledger."""
+
     async def show(runtime: Runtime) -> LeadView:
         state = await runtime.commands.load(workspace, lead_id)
         if state.status is None:
