@@ -80,7 +80,7 @@ def resolve_servers(settings: Settings, *, nats: bool) -> Iterator[Endpoints]:
         elif nats:
             nats_url = _embedded_nats(data_dir, stack)
         else:
-            nats_url = running_nats(data_dir) or ""
+            nats_url = _running_nats(data_dir) or ""
         embedded = not (settings.database_url and settings.nats_url)
         where = f"embedded servers in {data_dir}" if embedded else "external servers"
         with _signals_restored():
@@ -143,7 +143,7 @@ def _embedded_nats(data_dir: Path, stack: contextlib.ExitStack) -> str:
     data_dir.mkdir(parents=True, exist_ok=True)
     with open(data_dir / "nats.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        url = running_nats(data_dir)
+        url = _running_nats(data_dir)
         if url:
             return url
         try:
@@ -154,7 +154,7 @@ def _embedded_nats(data_dir: Path, stack: contextlib.ExitStack) -> str:
         return server.url
 
 
-def running_nats(data_dir: Path) -> str | None:
+def _running_nats(data_dir: Path) -> str | None:
     """The URL of a live nats-server for this data folder, from the ports file it writes
     (`nats-server_<pid>.ports`); a file left by a crashed server is ignored."""
     for path in sorted((data_dir / "nats-ports").glob("*.ports")):
