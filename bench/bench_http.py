@@ -253,7 +253,12 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=8.0, help="seconds per measurement")
     parser.add_argument("--warmup", type=float, default=2.0)
     parser.add_argument("--workers", type=int, default=2, help="server worker processes")
+    parser.add_argument("--from-json", action="store_true",
+                        help="only rewrite the RESULTS.md section from bench/results/http.json")
     args = parser.parse_args()
+    if args.from_json:
+        rewrite_markdown()
+        return
     if shutil.which("wrk") is None:
         raise SystemExit("wrk not found: apt-get install wrk")
     servers = ["uvicorn"] + (["granian"] if shutil.which("granian") else [])
@@ -365,7 +370,29 @@ def markdown(loads: dict[tuple[str, str, int], Load], servers: list[str], best: 
                     f"{_fmt(load.server_cpu_ms)} | {_fmt(load.postgres_cpu_ms)} | "
                     f"{_fmt(load.foreign_cores)} |")
     create16 = loads[(best, "create", 16)]
-    ratio16 = create16.rate / loads[(best, "minimal", 16)].rate
+    minimal16 = loads[(best, "minimal", 16)]
+    ratio16 = create16.rate / minimal16.rate
+    create_cpu = (create16.server_cpu_ms or 0) + (create16.postgres_cpu_ms or 0)
+    minimal_cpu = minimal16.server_cpu_ms or 0
+    lines += [
+        "",
+        "CPU per request is the steadier figure on a shared machine: with "
+        f"{best} at 16 connections a create costs {create16.server_cpu_ms or 0:.2f} ms of "
+        f"server CPU and {create16.postgres_cpu_ms or 0:.2f} ms of PostgreSQL CPU "
+        f"({create_cpu:.2f} ms), the minimal endpoint {minimal_cpu:.2f} ms: by CPU, creates "
+        f"can reach {minimal_cpu / create_cpu if create_cpu else 0:.3f}x the minimal "
+        "endpoint's rate, and two idle cores would serve about "
+        f"{2000 / create_cpu if create_cpu else 0:,.0f} creates/s.",
+    ]
+    slow = [s for s in servers if loads[(s, "minimal", 16)].p50_ms >= 40
+            and (loads[(s, "minimal", 16)].server_cpu_ms or 1) < 1]
+    for server in slow:
+        lines.append(
+            f"- {server}'s minimal endpoint waits ~40 ms per response whatever the load (p50 "
+            f"{loads[(server, 'minimal', 16)].p50_ms:.0f} ms at "
+            f"{loads[(server, 'minimal', 16)].server_cpu_ms:.2f} ms CPU): a stall of its "
+            "pure-Python HTTP/1.1 stack with keep-alive clients, not work, so its "
+            "create/minimal ratio says little.")
     lines += [
         "", f"Chosen server: **{best}** (higher create throughput at 16 connections).",
         f"- creates/s ÷ minimal req/s at 16 connections: {ratio16:.2f} (target ≥ "
@@ -374,6 +401,19 @@ def markdown(loads: dict[tuple[str, str, int], Load], servers: list[str], best: 
         f"ms): {'met' if create16.p99_ms <= TARGET_P99_MS else '**missed**'}.",
     ]
     return "\n".join(lines)
+
+
+def rewrite_markdown() -> None:
+    from bench.common import RESULTS_DIR
+
+    results = msgspec.json.decode((RESULTS_DIR / "http.json").read_bytes(), type=Results)
+    raw = results.details["loads"]
+    assert isinstance(raw, dict)
+    loads = {tuple(k.split("/")[:2]) + (int(k.split("/")[2]),): msgspec.convert(v, Load)
+             for k, v in raw.items()}
+    servers = list(dict.fromkeys(k[0] for k in loads))
+    update_results_md("http", markdown(loads, servers, str(results.details["chosen_server"]),
+                                       results))
 
 
 def _fmt(value: float | None) -> str:
