@@ -41,11 +41,16 @@ async def test_two_identical_idempotent_requests_at_once_create_one_lead(
                 assert conflict.headers["retry-after"] == "1"
             retry = await http.post("/v1/leads", json=body, headers=headers)
             assert retry.status_code == 201 and retry.headers["idempotent-replayed"] == "true"
-        feed = (await http.get("/v1/events", params={"limit": 1000},
-                               headers=auth(keys.sales))).json()["data"]
-        created = collections.Counter(
-            e["data"]["fields"]["external_id"] for e in feed if e["type"] == "LeadCreated"
-        )
+        created: collections.Counter[str] = collections.Counter()
+        for _ in range(100):  # gap-safe reads trail transactions still running: poll
+            feed = (await http.get("/v1/events", params={"limit": 1000},
+                                   headers=auth(keys.sales))).json()["data"]
+            created = collections.Counter(
+                e["data"]["fields"]["external_id"] for e in feed if e["type"] == "LeadCreated"
+            )
+            if sum(created.values()) >= 5:
+                break
+            await asyncio.sleep(0.05)
         assert created == {f"crm-{100 + r}": 1 for r in range(5)}
 
 

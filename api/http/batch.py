@@ -21,7 +21,8 @@ from litestar.status_codes import HTTP_200_OK
 from api.http.context import write_metadata
 from api.http.docs import BATCH_BODY, IdempotencyKeyHeader, ReasonHeader
 from api.http.idempotency import Reply, derived_id, derived_ids, reply, run_idempotent
-from api.http.leads import WRITE_PROBLEMS, create_one, lead_of_state, new_lead
+from api.http.lead_views import lead_of_state
+from api.http.leads import WRITE_PROBLEMS, create_one, new_lead
 from api.http.problems import (
     FieldError,
     ProblemError,

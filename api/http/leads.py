@@ -12,7 +12,6 @@ import uuid
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-import msgspec
 from litestar import Controller, Request, Response, delete, get, patch, post
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import Parameter
@@ -33,6 +32,7 @@ from api.http.docs import (
 )
 from api.http.idempotency import Reply, derived_id, derived_ids, reply, run_idempotent
 from api.http.lead_queries import SORTS, LeadFilter, list_leads
+from api.http.lead_views import lead_of_row, lead_of_state, lead_reply, write_headers
 from api.http.problems import ProblemError, problem_responses
 from api.http.representations import (
     MAX_PAGE,
@@ -40,7 +40,6 @@ from api.http.representations import (
     LeadCreate,
     LeadPage,
     LeadPatch,
-    lead_from_values,
 )
 from api.http.services import Services
 from api.http.versions import (
@@ -55,7 +54,7 @@ from api.http.writes import WriteResult
 from ledger.errors import InvalidValue, LeadAlreadyExists, LeadNotFound
 from ledger.ingest import NewLead
 from ledger.lead import LeadState
-from projections.leads import LeadRow, get_lead
+from projections.leads import get_lead
 from schema.commands import (
     ArchiveLead,
     AssignOwner,
@@ -80,37 +79,6 @@ OnDuplicate = Annotated[
               "duplicate). Default: the workspace's policy."),
 ]
 LeadId = Annotated[str, Parameter(description="The lead's id.", max_length=128)]
-
-
-# -- representations of leads ------------------------------------------------------------------
-
-
-def lead_of_state(result: WriteResult) -> Any:
-    state: LeadState = result.state
-    values: dict[str, Any] = {
-        name: None if (v := getattr(state.fields, name)) is UNSET else v for name in FIELD_NAMES
-    }
-    values.update(
-        id=result.lead_id, version=state.version, status=state.status, stage=state.stage,
-        owner=state.owner, tags=list(state.tags), notes_count=state.notes_count,
-        merged_into=state.merged_into, created_at=result.created_at,
-        updated_at=result.updated_at,
-    )
-    return lead_from_values(values)
-
-
-def lead_of_row(row: LeadRow) -> Any:
-    values = msgspec.structs.asdict(row)
-    values["id"] = row.lead_id
-    return lead_from_values(values)
-
-
-def write_headers(result: WriteResult) -> dict[str, str]:
-    return {"etag": etag(result.state.version), "x-consistency-token": result.position.token()}
-
-
-def lead_reply(result: WriteResult, status: int = HTTP_200_OK) -> Reply:
-    return reply(status, lead_of_state(result), write_headers(result))
 
 
 def require_lead_id(lead_id: str) -> None:

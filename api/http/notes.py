@@ -19,7 +19,8 @@ from api.http.context import write_metadata
 from api.http.cursors import decode_cursor, encode_cursor
 from api.http.docs import WRITE_HEADERS, IdempotencyKeyHeader, ReasonHeader
 from api.http.idempotency import Reply, derived_id, derived_ids, reply, run_idempotent
-from api.http.leads import WRITE_PROBLEMS, LeadId, require_lead_id, write_headers
+from api.http.lead_views import write_headers
+from api.http.leads import WRITE_PROBLEMS, LeadId, require_lead_id
 from api.http.problems import problem_responses
 from api.http.representations import MAX_PAGE, Author, Note, NoteCreate, NotePage
 from api.http.services import Services

@@ -6,9 +6,9 @@ shares. A PATCH may change fields, stage, owner and tags at once: those commands
 after another against the same state and appended as one write at one version (keeping the
 identity index in step, as LeadCommands does), so a PATCH is all or nothing and its If-Match
 guards the whole of it. LeadCommands has no multi-command entry point yet; when it gains one,
-`apply` should become a call of it. A write answers with the lead as the ledger now has it, its version (the
-ETag), the ledger times it was created and last changed, and the position of its latest event
-(the consistency token).
+`apply` should become a call of it. A write answers with the lead as the ledger now has it, its
+version (the ETag), the ledger times it was created and last changed, and the position of its
+latest event (the consistency token).
 """
 
 from __future__ import annotations
