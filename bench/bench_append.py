@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
 import time
 from typing import Protocol
@@ -119,16 +120,19 @@ def run(contenders: list[Contender], args: argparse.Namespace, roots: list[int],
         console: Console) -> dict[tuple[str, int], list[Sample]]:
     """Every contender at every writer count, `repeat` times, interleaved. A sample during
     which other work on the machine took more than `max_foreign` cores is taken again (a
-    bounded number of times, and only while the run is within its time budget)."""
+    bounded number of times, and only while retakes have used less than `retry_budget`
+    seconds in all, so that a busy machine cannot stretch the run much)."""
     samples: dict[tuple[str, int], list[Sample]] = {}
-    deadline = time.monotonic() + args.budget
+    retried = 0.0
     for writers in args.writer_counts:
         for rep in range(1, args.repeat + 1):
             for contender in contenders:
+                started = time.monotonic()
                 sample, attempts = measure_guarded(
                     lambda c=contender, w=writers: c.measure(w, args.warmup, args.duration),
                     roots, max_foreign=args.max_foreign, retries=args.retries,
-                    may_retry=lambda: time.monotonic() < deadline)
+                    may_retry=lambda r=retried: r < args.retry_budget)
+                retried += (time.monotonic() - started) * (attempts - 1) / attempts
                 samples.setdefault((contender.name, writers), []).append(sample)
                 cpu = f"{sample.cpu_us:6.0f} µs CPU/unit" if sample.cpu_us else ""
                 foreign = ("" if sample.foreign_cores is None else
@@ -296,8 +300,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-foreign", type=float, default=0.25,
                         help="retake a sample if other work took more cores than this")
     parser.add_argument("--retries", type=int, default=2, help="retakes per sample at most")
-    parser.add_argument("--budget", type=float, default=330,
-                        help="seconds after which disturbed samples are no longer retaken")
+    parser.add_argument("--retry-budget", type=float, default=60,
+                        help="seconds that retaking disturbed samples may add to the run")
     parser.add_argument("--no-write", action="store_true",
                         help="print only; leave results/append.json and RESULTS.md alone")
     args = parser.parse_args(argv)
@@ -328,7 +332,8 @@ def main(argv: list[str] | None = None) -> int:
         command=" ".join(["python -m bench.bench_append", *(argv or sys.argv[1:])]),
         settings={"writers": writer_counts, "repeat": args.repeat, "warmup": args.warmup,
                   "duration": args.duration, "batch": BATCH, "max_foreign_cores":
-                  args.max_foreign, "retries": args.retries, "targets":
+                  args.max_foreign, "retries": args.retries, "niceness": os.nice(0),
+                  "targets":
                   {"ledger/raw": RAW_TARGET, "ledger/peer@max_writers": PEER_TARGET}},
         machine=machine, figures=figures, comparisons=comparisons,
         load_average={"start": load_start, "end": load_average()},
