@@ -8,7 +8,9 @@ written since, swaps the shadows in (indexes renamed back to their canonical nam
 checkpoint and drops the old tables. Readers see the old model or the new one, never a mix.
 
 `check` rebuilds the same way but, instead of swapping, compares the shadow with the live model
-at the live checkpoint and reports every difference.
+at the live checkpoint and reports every difference. (One legitimate kind of difference exists:
+when a lead's versions commit out of ledger order, whichever model met the gap read the lead's
+whole tail at that moment, so it may stand at a later version than its checkpoint implies.)
 
 Throughput: reading batch N+1 overlaps applying batch N, and the cyclic garbage collector is
 relaxed for the duration (a replay allocates millions of short-lived objects and no cycles).

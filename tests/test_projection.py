@@ -26,6 +26,7 @@ from tests.pipeline_support import (
     reached,
     read_ledger,
     read_model,
+    readable,
     relay_done,
     running,
     stream_content,
@@ -46,7 +47,7 @@ async def test_read_your_writes_through_relay_and_nats(infra, store, pool):
         await eventually(lambda: reached(pool, store, "lead"), 20, "the projection to start")
         created = LeadCreated(lead_id="RYW", fields=LeadFields(company="Initech"), stage="mql")
         result = await store.append("ws-a", "RYW", 0, [NewEvent(created)], META)
-        assert await wait_for(pool, "lead", result.last, timeout=5)
+        assert await wait_for(pool, "lead", result.last, timeout=20)
         async with pool.connection() as conn:
             row = await get_lead(conn, "ws-a", "RYW")
             assert row is not None and row.company == "Initech" and row.stage == "mql"
@@ -104,6 +105,7 @@ async def test_a_message_deleted_from_nats_is_read_from_the_ledger(infra, store,
         await runner.handle_messages(msgs, stop)
         assert runner.gaps == 1
         # Only the next message (or the idle look at the ledger) reveals a lost last one.
+        await readable(store)
         await runner.catch_up(stop)
     finally:
         await nc.close()

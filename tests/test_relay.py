@@ -9,13 +9,18 @@ import time
 
 from ledger.checkpoints import RELAY, read_checkpoint, set_checkpoint
 from ledger.envelopes import from_cloudevent
+from ledger.store import NewEvent
 from schema.envelope import event_subject
+from schema.events import LeadTagged
 from schema.positions import LogPosition
 from tests.pipeline_support import (
+    META,
     eventually,
     holds_lease,
+    last_written,
     make_relay,
     read_ledger,
+    readable,
     relay_done,
     running,
     stream_content,
@@ -48,10 +53,21 @@ async def test_new_appends_wake_the_relay(infra, store, pool):
     relay = make_relay(infra, store, pool, poll_s=30.0)  # only a NOTIFY can wake it in time
     async with running(relay):
         await eventually(lambda: holds_lease(relay), 10, "the lease")
+        await asyncio.sleep(1)  # it has read the (empty) ledger and sleeps now
         written = await write_leads(store, 5)
-        await eventually(lambda: relay_done(pool, store), 5, "the relay to publish")
+        # A NOTIFY can come before the horizon passes its events (a transaction elsewhere on
+        # the cluster holds it back); the relay then reads them at the next one.
+        await readable(store)
+        target = await last_written(pool)
+        await store.append("ws-a", "wake", 0, [NewEvent(LeadTagged(tag="x"))], META)
+
+        async def published() -> bool:
+            async with pool.connection() as conn:
+                return await read_checkpoint(conn, RELAY) >= target
+
+        await eventually(published, 5, "the relay to publish")
     content = await stream_content(infra.nats_url, infra.stream, infra.subject_prefix)
-    assert len(content.envelopes) == written
+    assert len(content.envelopes) >= written
 
 
 async def test_republishing_from_an_older_checkpoint_is_deduplicated(infra, store, pool):
