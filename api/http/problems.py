@@ -14,9 +14,11 @@ from collections.abc import Mapping
 from typing import Any
 
 import msgspec
+import psycopg
 import structlog
 from litestar import Request, Response
 from litestar.exceptions import HTTPException, ValidationException
+from psycopg_pool import PoolTimeout
 
 from ledger.errors import (
     ConcurrencyError,
@@ -240,6 +242,11 @@ def to_problem(exc: Exception) -> ProblemError:
             )
         case LedgerError():
             return ProblemError("validation-failed", str(exc))
+        case psycopg.OperationalError() | PoolTimeout():
+            return ProblemError(
+                "unavailable", "the database is unavailable or overloaded; retry shortly",
+                headers={"Retry-After": "1"},
+            )
         case RecursionError():  # msgspec refuses JSON nested deeper than the stack allows
             return ProblemError("bad-request", "the body is nested too deeply")
         case ValidationException():
@@ -265,7 +272,7 @@ def to_problem(exc: Exception) -> ProblemError:
 def handle_exception(request: Request, exc: Exception) -> Response[Problem]:
     """Litestar exception handler for every exception."""
     problem = to_problem(exc)
-    if problem.type.status >= 500 and not isinstance(exc, ProblemError):
+    if problem.type.status >= 500 and not isinstance(exc, ProblemError | HTTPException):
         try:
             log.error("unhandled error", exc_info=exc, path=request.url.path)
         except Exception:  # noqa: BLE001 - logging must never turn an answer into a crash

@@ -46,6 +46,11 @@ _FIELD_SPECS: dict[str, tuple[int, str, str, str]] = {
 _DEFAULT_SPEC = (300, SINGLE_LINE, "", "")
 
 
+def _describe(name: str) -> str:
+    description = _FIELD_SPECS.get(name, _DEFAULT_SPEC)[2]
+    return description or name.replace("_", " ").capitalize() + "."
+
+
 def _field_type(name: str) -> Any:
     max_length, pattern, description, example = _FIELD_SPECS.get(name, _DEFAULT_SPEC)
     if name in PERSONAL_FIELDS:
@@ -137,16 +142,20 @@ def _lead() -> type[msgspec.Struct]:
                              Meta(description="Archived leads take no change until restored.")],
          msgspec.NODEFAULT),
     ]
-    fields += [(name, str | None, None) for name in FIELD_NAMES]
+    fields += [(name, Annotated[str | None, Meta(description=_describe(name))], None)
+               for name in FIELD_NAMES]
     fields += [
-        ("stage", str, msgspec.NODEFAULT),
-        ("owner", str | None, None),
-        ("tags", list[str], msgspec.field(default_factory=list)),
-        ("notes_count", int, 0),
+        ("stage", Annotated[str, Meta(description="Lifecycle stage.")], msgspec.NODEFAULT),
+        ("owner", Annotated[str | None, Meta(description="Who owns the lead.")], None),
+        ("tags", Annotated[list[str], Meta(description="Tags.")],
+         msgspec.field(default_factory=list)),
+        ("notes_count", Annotated[int, Meta(description="How many notes the lead has.")], 0),
         ("merged_into", Annotated[str | None, Meta(description="Set when status is merged.")],
          None),
-        ("created_at", datetime, msgspec.NODEFAULT),
-        ("updated_at", datetime, msgspec.NODEFAULT),
+        ("created_at", Annotated[datetime, Meta(description="When the ledger recorded the "
+                                                "lead's creation.")], msgspec.NODEFAULT),
+        ("updated_at", Annotated[datetime, Meta(description="When the ledger recorded the "
+                                                "lead's latest change.")], msgspec.NODEFAULT),
     ]
     # Required (no-default) fields must come first for defstruct: reorder keeping doc order.
     required = [f for f in fields if f[2] is msgspec.NODEFAULT]
