@@ -2,6 +2,7 @@
 
     python -m api.workers relay
     python -m api.workers project lead
+    python -m api.workers project duplicates
 
 Each reads its settings from the environment (external servers only: LEADLEDGER_DATABASE_URL,
 LEADLEDGER_NATS_URL, LEADLEDGER_MASTER_KEY, LEADLEDGER_STREAM and LEADLEDGER_SUBJECT_PREFIX are
@@ -28,6 +29,7 @@ from api.runtime import Runtime, open_runtime
 from api.settings import Settings, load_settings
 from ledger.lease import wait_for_stop
 from ledger.relay import Relay
+from projections.duplicates import DuplicatesProjection
 from projections.leads import LeadsProjection
 from projections.runner import Projection, ProjectionRunner
 
@@ -43,6 +45,7 @@ REQUIRED_ENV = (
 
 PROJECTIONS: dict[str, Callable[[Runtime], Projection]] = {
     "lead": lambda runtime: LeadsProjection(runtime.store),
+    "duplicates": lambda runtime: DuplicatesProjection(),
 }
 
 _USAGE = "usage: python -m api.workers relay | project <" + "|".join(PROJECTIONS) + ">"

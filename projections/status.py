@@ -12,10 +12,11 @@ from psycopg_pool import AsyncConnectionPool
 
 from ledger.checkpoints import RELAY, Checkpoint, all_checkpoints
 from ledger.store import EventStore
+from projections.duplicates import NAME as DUPLICATES_PROJECTION
 from projections.leads import NAME as LEAD_PROJECTION
 from schema.positions import LogPosition
 
-PROJECTIONS: tuple[str, ...] = (LEAD_PROJECTION,)
+PROJECTIONS: tuple[str, ...] = (LEAD_PROJECTION, DUPLICATES_PROJECTION)
 """Every projection the workers run; reported even before their first checkpoint."""
 
 # How many events a reader still has to process: everything stored after its checkpoint,

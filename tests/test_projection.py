@@ -220,3 +220,25 @@ def test_row_values_follow_the_column_order():
     assert (row.email, row.industry, row.stage, row.tags) == ("r@example.com", "saas", "sql",
                                                              ["a", "b"])
     assert state_from_row(row) == state
+
+
+async def test_run_workers_runs_the_relay_and_every_projection(infra, store):
+    from api.runtime import open_runtime
+    from api.settings import Settings
+    from api.workers import PROJECTIONS, run_workers
+
+    settings = Settings(stream=infra.stream, subject_prefix=infra.subject_prefix)
+    runtime = await open_runtime(
+        settings, infra.database_url, infra.nats_url, infra.master_key, migrate_first=False
+    )
+    stop = asyncio.Event()
+    workers = asyncio.create_task(run_workers(runtime, stop))
+    try:
+        await write_leads(store, 30)
+        for name in ["relay", *PROJECTIONS]:
+            await eventually(lambda name=name: reached(runtime.pool, store, name), 30, name)
+    finally:
+        stop.set()
+        await asyncio.wait_for(workers, 30)
+        await runtime.close()
+    assert await read_model(store.pool) == await fresh_fold(store)
