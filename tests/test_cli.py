@@ -22,6 +22,7 @@ from psycopg import sql
 
 from api.cli import cli
 from ledger.crypto import generate_master_key
+from projections.status import PROJECTIONS
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -244,12 +245,16 @@ def test_status_reports_head_horizon_and_lags(infra) -> None:
     # No relay or projection ran against this database: both lag by every event.
     assert status["relay"] == {"name": "relay", "position": "0-0",
                                "lag_events": status["head"], "updated_at": None}
-    assert [p["name"] for p in status["projections"]] == ["lead"]
-    assert status["projections"][0]["lag_events"] == status["head"]
+    projections = {p["name"]: p for p in status["projections"]}
+    assert set(projections) == set(PROJECTIONS)  # every projection, even before it ever ran
+    for projection in projections.values():
+        assert projection["position"] == "0-0" and projection["updated_at"] is None
+        assert projection["lag_events"] == status["head"]
 
     table = run_cli("status", env=env)
     assert table.returncode == 0, table.stderr
-    for label in ("ledger head", "readable horizon", "relay", "projection lead"):
+    for label in ("ledger head", "readable horizon", "relay",
+                  *(f"projection {name}" for name in PROJECTIONS)):
         assert label in table.stdout
 
 
