@@ -8,9 +8,15 @@ examples per operation, no deadline per example.
 
 from __future__ import annotations
 
+import os
+import socket
+import subprocess
+import sys
+import time
 import uuid
 from collections.abc import Iterator
 
+import httpx
 import psycopg
 import pytest
 import schemathesis
@@ -24,10 +30,9 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from api.http.settings import HttpSettings
 from ledger.crypto import generate_master_key
 from tests.conftest import Infra, Servers
-from tests.http_support import auth, lead_body, make_app, make_keys, start_server
+from tests.http_support import auth, lead_body, make_keys
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
@@ -61,17 +66,49 @@ def st_infra(servers: Servers, template_db: str) -> Iterator[Infra]:
 
 @pytest.fixture(scope="module")
 def st_server(st_infra: Infra) -> Iterator[tuple[str, str]]:
+    """uvicorn in a process of its own, as deployed (api.http.standalone): whatever the
+    generated requests do to it, they cannot take the test process down with them."""
     keys = make_keys(st_infra.database_url)
-    app = make_app(st_infra, HttpSettings(consistency_wait_s=0.05, check_nats=False))
-    url, server, thread = start_server(app)
-    import httpx
-
-    with httpx.Client(base_url=url) as http:  # a few leads so ids and pages exist
-        for n in range(3):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {
+        **os.environ,
+        "LEADLEDGER_DATABASE_URL": st_infra.database_url,
+        "LEADLEDGER_NATS_URL": st_infra.nats_url,
+        "LEADLEDGER_MASTER_KEY": st_infra.master_key,
+        "LEADLEDGER_LOG_LEVEL": "warning",
+        "LEADLEDGER_HTTP_CONSISTENCY_WAIT_S": "0.05",
+        "LEADLEDGER_HTTP_CHECK_NATS": "false",
+    }
+    server = subprocess.Popen(
+        [sys.executable, "-m", "uvicorn", "--factory", "api.http.standalone:app_from_env",
+         "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    with httpx.Client(base_url=url) as http:
+        while True:
+            try:
+                if http.get("/health").status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if server.poll() is not None or time.monotonic() > deadline:
+                server.kill()
+                raise RuntimeError(f"uvicorn did not start: {server.stderr.read().decode()}")
+            time.sleep(0.1)
+        for n in range(3):  # a few leads, so that ids and pages exist
             http.post("/v1/leads", json=lead_body(n), headers=auth(keys.admin))
     yield url, keys.admin
-    server.should_exit = True
-    thread.join(30)
+    server.terminate()
+    try:
+        server.wait(20)
+    except subprocess.TimeoutExpired:
+        server.kill()
+        server.wait()
+    assert server.returncode in (0, -15), server.stderr.read().decode()[-2000:]
 
 
 @pytest.fixture(scope="module")
