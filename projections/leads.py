@@ -69,15 +69,15 @@ class LeadsProjection:
 
     async def apply(self, conn: psycopg.AsyncConnection, events: list[RecordedEvent]) -> None:
         """Must run inside the caller's transaction, with the caller's checkpoint write."""
+        if self._held is not None:
+            await self._apply_bulk(conn, events, self._held)
+            return
         by_lead: dict[Key, list[RecordedEvent]] = defaultdict(list)
         for recorded in events:
             if isinstance(recorded.event, LEAD_EVENTS):
                 by_lead[(recorded.workspace, recorded.stream_id)].append(recorded)
         for batch in by_lead.values():
             batch.sort(key=lambda r: r.version)
-        if self._held is not None:
-            await self._apply_bulk(conn, by_lead, self._held)
-            return
         # A lead whose batch starts at version 1 is folded from scratch: no row to load, and
         # the upsert's version guard keeps any row already further along.
         known = await self._load(conn, [k for k, b in by_lead.items() if b[0].version > 1])
@@ -95,17 +95,26 @@ class LeadsProjection:
             self._held = None
 
     async def _apply_bulk(
-        self, conn: psycopg.AsyncConnection, by_lead: dict[Key, list[RecordedEvent]],
+        self, conn: psycopg.AsyncConnection, events: list[RecordedEvent],
         held: dict[Key, Folded],
     ) -> None:
+        """Event by event, without grouping: a replay reads the ledger in order, so a lead's
+        next event is almost always the next version (this is the hot loop of a rebuild)."""
         if self._written:
-            missing = [k for k, b in by_lead.items() if k not in held and b[0].version > 1]
-            held.update(await self._load(conn, missing))
-        for key, batch in by_lead.items():
+            missing = {(r.workspace, r.stream_id) for r in events} - held.keys()
+            held.update(await self._load(conn, list(missing)))
+        for recorded in events:
+            if not isinstance(recorded.event, LEAD_EVENTS):
+                continue
+            key = (recorded.workspace, recorded.stream_id)
             folded = held.get(key)
             if folded is None:
                 folded = held[key] = Folded(INITIAL)
-            await self._fold(key, folded, batch)
+            version = folded.state.version
+            if recorded.version == version + 1:
+                fold_event(folded, recorded)
+            elif recorded.version > version + 1:
+                await self._fold_tail(key, folded)  # the tail includes this event
         if len(held) > self.bulk:
             await self._write(conn, list(held.items()), fresh=not self._written)
             self._written = True
