@@ -38,7 +38,7 @@ def generate_master_key() -> str:
 class DataKey:
     """A subject's plaintext data key, with its wrapped form for storage."""
 
-    __slots__ = ("aead", "wrapped", "is_new")
+    __slots__ = ("aead", "is_new", "wrapped")
 
     def __init__(self, aead: AESGCM, wrapped: bytes, is_new: bool) -> None:
         self.aead = aead

@@ -19,6 +19,19 @@ class ConcurrencyError(LedgerError):
         self.current = current
 
 
+class IdentityClaimed(LedgerError):
+    """An append would give its stream identity keys that other streams own; nothing was
+    appended. `claims` names each owner (IdentityClaim: kind, lead_id)."""
+
+    code = "identity-claimed"
+
+    def __init__(self, stream_id: str, claims: list) -> None:
+        owners = ", ".join(f"{c.kind} of {c.lead_id}" for c in claims)
+        super().__init__(f"{stream_id}: identity already used ({owners})")
+        self.stream_id = stream_id
+        self.claims = claims
+
+
 class DomainError(LedgerError):
     """A command the lead refuses; nothing is appended."""
 

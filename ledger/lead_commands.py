@@ -13,7 +13,7 @@ the new state a bounded number of times.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import msgspec
 from tenacity import (
@@ -24,16 +24,25 @@ from tenacity import (
 )
 
 from ledger import identity
-from ledger.errors import ConcurrencyError, DuplicateLead, LeadNotFound
+from ledger.errors import ConcurrencyError, DuplicateLead, IdentityClaimed, LeadNotFound
 from ledger.identity import IdentityClaim, IdentityHasher, IdentityKey
 from ledger.lead import ACTIVE, ARCHIVED, INITIAL, LeadState, decide, fold
-from ledger.store import EventStore, NewEvent, Stream, StreamAppend
-from schema.commands import AbsorbLead, LeadCommand, MarkMergedInto, SuspectDuplicate
+from ledger.store import EventStore, IdentityChange, NewEvent, Stream, StreamAppend
+from schema.commands import (
+    AbsorbLead,
+    CreateLead,
+    LeadCommand,
+    MarkMergedInto,
+    SuspectDuplicate,
+)
 from schema.events import Event
 from schema.metadata import EventMetadata
 from schema.positions import LogPosition
 
 RAISE, FLAG = "raise", "flag"
+
+Plan = Callable[[LeadState], Sequence[LeadCommand]]
+"""Makes a write's commands from the lead's current state (a PATCH that replaces tags)."""
 
 
 class CommandResult(msgspec.Struct, frozen=True):
@@ -71,11 +80,29 @@ class LeadCommands:
         `event_ids` make a retried request idempotent (the same ids append once);
         `on_duplicate="flag"` records identity clashes as suspected duplicates instead of
         refusing the command."""
+        return await self.execute_plan(
+            workspace, lead_id, lambda _state: [command], metadata,
+            expected_version=expected_version, event_ids=event_ids, on_duplicate=on_duplicate,
+        )
+
+    async def execute_plan(
+        self,
+        workspace: str,
+        lead_id: str,
+        plan: Plan,
+        metadata: EventMetadata,
+        *,
+        expected_version: int | None = None,
+        event_ids: Sequence[str] | None = None,
+        on_duplicate: str = RAISE,
+    ) -> CommandResult:
+        """The commands `plan` makes of the lead's current state, decided in turn and appended
+        as one write at one version: all of them or none (a PATCH of several fields at once)."""
         async for attempt in self._retrying(expected_version):
             with attempt:
                 return await self._once(
-                    workspace, lead_id, command, metadata, expected_version, event_ids,
-                    on_duplicate,
+                    workspace, lead_id, plan, metadata, expected_version, event_ids,
+                    on_duplicate, assume_new=attempt.retry_state.attempt_number == 1,
                 )
         raise AssertionError("unreachable")
 
@@ -101,41 +128,65 @@ class LeadCommands:
         self,
         workspace: str,
         lead_id: str,
-        command: LeadCommand,
+        plan: Plan,
         metadata: EventMetadata,
         expected_version: int | None,
         event_ids: Sequence[str] | None,
         on_duplicate: str,
+        *,
+        assume_new: bool,
     ) -> CommandResult:
-        stream = await self.store.read_stream(workspace, lead_id)
+        stream = await self._read(workspace, lead_id, plan, expected_version, assume_new)
         state = fold([r.event for r in stream.events], INITIAL)
         if expected_version is not None and expected_version != state.version:
+            if state.status is None:
+                raise LeadNotFound("lead not found")
             raise ConcurrencyError(lead_id, expected_version, state.version)
-        events = decide(state, command)
+        events: list[Event] = []
+        after = state
+        for command in plan(state):
+            decided = decide(after, command)
+            events.extend(decided)
+            after = fold(decided, after)
         if not events:
             return CommandResult(lead_id, state, [], None)
-        after = fold(events, state)
         release, claim = self._identity_change(state, after)
-        if not release and not claim:
-            position = await self._append(workspace, stream, state, events, metadata, event_ids)
-            return CommandResult(lead_id, after, list(events), position)
-        async with self.store.pool.connection() as conn, conn.transaction():
-            await identity.release(conn, workspace, lead_id, release)
-            claims = await identity.reserve(conn, workspace, lead_id, claim)
-            if claims:
-                events = self._on_claims(claims, state, events, on_duplicate)
-                after = fold(events, state)
+        try:
             position = await self._append(
-                workspace, stream, state, events, metadata, event_ids, conn=conn
+                workspace, stream, state, events, metadata, event_ids, release, claim
             )
+        except IdentityClaimed as clash:
+            events = self._on_claims(clash.claims, state, events, on_duplicate)
+            taken = {c.kind for c in clash.claims}
+            free = [k for k in claim if k.kind not in taken]
+            position = await self._append(
+                workspace, stream, state, events, metadata, event_ids, release, free
+            )
+            after = fold(events, state)
         return CommandResult(lead_id, after, list(events), position)
 
-    async def _append(self, workspace, stream: Stream, state, events, metadata, event_ids,
-                      *, conn=None) -> LogPosition:
+    async def _read(
+        self, workspace: str, lead_id: str, plan: Plan, expected_version: int | None,
+        assume_new: bool,
+    ) -> Stream:
+        """A create skips reading its (normally empty) stream: the append at version 0 proves
+        the lead is new, and a retry after a conflict reads it for real."""
+        if assume_new and expected_version in (None, 0):
+            commands = plan(INITIAL)
+            if len(commands) == 1 and isinstance(commands[0], CreateLead):
+                return Stream(lead_id, 0, [], None)
+        return await self.store.read_stream(workspace, lead_id)
+
+    async def _append(
+        self, workspace: str, stream: Stream, state: LeadState, events: list[Event],
+        metadata: EventMetadata, event_ids: Sequence[str] | None,
+        release: list[IdentityKey], claim: list[IdentityKey],
+    ) -> LogPosition:
         ids = list(event_ids or [])
         new = [NewEvent(e, ids[i]) if i < len(ids) else NewEvent(e) for i, e in enumerate(events)]
         result = await self.store.append(
-            workspace, stream.stream_id, state.version, new, metadata, key=stream.key, conn=conn
+            workspace, stream.stream_id, state.version, new, metadata, key=stream.key,
+            identity=IdentityChange(release, claim),
         )
         return result.last
 
@@ -205,4 +256,4 @@ class LeadCommands:
         )
 
 
-__all__ = ["CommandResult", "LeadCommands", "StreamAppend", "FLAG", "RAISE"]
+__all__ = ["FLAG", "RAISE", "CommandResult", "LeadCommands", "StreamAppend"]

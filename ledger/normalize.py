@@ -153,8 +153,7 @@ def website_domain(website: str) -> str | None:
     if "//" not in text:
         text = "http://" + text
     host = (urlsplit(text).hostname or "").lower().rstrip(".")
-    if host.startswith("www."):
-        host = host[4:]
+    host = host.removeprefix("www.")
     try:
         return host.encode("idna").decode() if host else None
     except UnicodeError:

@@ -157,7 +157,7 @@ class Relay:
                 await advance_checkpoint(self.lease.conn, RELAY, checkpoint)
                 log.debug("relayed", events=len(events), checkpoint=checkpoint.token())
             if len(events) < self.batch_size:
-                await self._wait_for_appends(stop)
+                await self._wait_for_appends(stop, busy=bool(events))
 
     def _messages(self, events: list[RecordedEvent], previous: LogPosition) -> list[Message]:
         messages = []
@@ -218,13 +218,21 @@ class Relay:
             if result.stream != self.stream:
                 raise PublishError(f"acked by stream {result.stream}, not {self.stream}")
 
-    async def _wait_for_appends(self, stop: asyncio.Event) -> None:
-        """Until a NOTIFY, the poll interval, or stop (looked at every quarter second)."""
+    async def _wait_for_appends(self, stop: asyncio.Event, *, busy: bool) -> None:
+        """Until a NOTIFY, the poll interval, or stop (looked at every quarter second).
+
+        Concurrent appends coalesce their NOTIFYs (only the one holding a transaction-scoped
+        advisory lock sends one), and an event that committed may still sit behind an older
+        running transaction. So right after a read that found events, the relay looks again
+        soon instead of waiting for a NOTIFY that may not come."""
         conn = self.lease.conn
-        deadline = time.monotonic() + self.poll_s
+        deadline = time.monotonic() + (BUSY_POLL_S if busy else self.poll_s)
         while not stop.is_set() and (remaining := deadline - time.monotonic()) > 0:
             if await _notified(conn, min(remaining, _STOP_CHECK_S)):
                 return
+
+
+BUSY_POLL_S = 0.05
 
 
 async def _drain_notifies(conn: psycopg.AsyncConnection) -> None:

@@ -15,7 +15,8 @@ import psycopg
 from psycopg_pool import AsyncConnectionPool
 
 from ledger.crypto import DataKey, Keyring
-from ledger.errors import ConcurrencyError
+from ledger.errors import ConcurrencyError, IdentityClaimed
+from ledger.identity import IdentityClaim, IdentityKey
 from ledger.mapper import event_aad, from_stored, to_stored
 from schema.events import Event
 from schema.metadata import EventMetadata
@@ -31,12 +32,20 @@ class NewEvent(msgspec.Struct, frozen=True):
     event_id: str = msgspec.field(default_factory=lambda: str(uuid.uuid4()))
 
 
+class IdentityChange(msgspec.Struct, frozen=True):
+    """Identity keys the stream gives up and takes on with this append (see ledger/identity)."""
+
+    release: Sequence[IdentityKey] = ()
+    claim: Sequence[IdentityKey] = ()
+
+
 class StreamAppend(msgspec.Struct, frozen=True):
     stream_id: str
     expected_version: int | None
     events: Sequence[NewEvent]
     key: DataKey | None = None
     stream_type: str = "lead"
+    identity: IdentityChange | None = None
 
 
 class AppendResult(msgspec.Struct, frozen=True):
@@ -78,6 +87,12 @@ _APPEND = """
 SELECT event_position, event_transaction_id, event_version
 FROM ledger_append(%s, %s, %s, %s, %s::uuid[], %s::text[], %s::smallint[], %s::bytea[],
                    %s::bytea[], %s::jsonb, %s::bytea)
+"""
+_APPEND_WITH_IDENTITY = """
+SELECT event_position, event_transaction_id, event_version
+FROM ledger_append(%s, %s, %s, %s, %s::uuid[], %s::text[], %s::smallint[], %s::bytea[],
+                   %s::bytea[], %s::jsonb, %s::bytea, %s::text[], %s::bytea[], %s::text[],
+                   %s::bytea[])
 """
 
 _COLUMNS = """
@@ -133,6 +148,15 @@ _KEY = "SELECT wrapped_key FROM subject_keys WHERE workspace = %s AND subject_id
 _DESTROY_KEY = "DELETE FROM subject_keys WHERE workspace = %s AND subject_id = %s"
 
 
+def _key_arrays(keys: Sequence[IdentityKey]) -> tuple[list[str] | None, list[bytes] | None]:
+    if not keys:
+        return None, None
+    return [k.kind for k in keys], [k.key_hash for k in keys]
+
+
+_decode_claims = msgspec.json.Decoder(list[IdentityClaim]).decode
+
+
 class EventStore:
     def __init__(
         self, pool: AsyncConnectionPool, keyring: Keyring, registry: EventRegistry = DEFAULT_REGISTRY
@@ -153,10 +177,14 @@ class EventStore:
         *,
         key: DataKey | None = None,
         stream_type: str = "lead",
+        identity: IdentityChange | None = None,
         conn: psycopg.AsyncConnection | None = None,
     ) -> AppendResult:
-        """Appends to one stream. With `conn`, runs inside the caller's transaction."""
-        spec = StreamAppend(stream_id, expected_version, events, key, stream_type)
+        """Appends to one stream. With `conn`, runs inside the caller's transaction.
+
+        `identity` moves identity keys with the append, atomically; a key another stream owns
+        raises IdentityClaimed and appends nothing."""
+        spec = StreamAppend(stream_id, expected_version, events, key, stream_type, identity)
         if conn is not None:
             return await self._append(conn, workspace, spec, metadata)
         async with self.pool.connection() as own:
@@ -190,17 +218,24 @@ class EventStore:
             data.append(stored.data)
             personal.append(stored.personal)
         new_key = key.wrapped if key is not None and key.is_new else None
-        params = (
+        params: tuple = (
             workspace, spec.stream_id, spec.stream_type, spec.expected_version,
             ids, types, versions, data, personal, _encode(metadata).decode(), new_key,
         )
+        query = _APPEND
+        if spec.identity is not None and (spec.identity.release or spec.identity.claim):
+            query = _APPEND_WITH_IDENTITY
+            params += (*_key_arrays(spec.identity.release), *_key_arrays(spec.identity.claim))
         try:
-            cur = await conn.execute(_APPEND, params)
+            cur = await conn.execute(query, params)
             rows = await cur.fetchall()
         except psycopg.Error as exc:
             if exc.sqlstate == "LL409":
                 current = int(exc.diag.message_detail or 0)
                 raise ConcurrencyError(spec.stream_id, spec.expected_version, current) from None
+            if exc.sqlstate == "LL410":
+                owners = _decode_claims(exc.diag.message_detail or "[]")
+                raise IdentityClaimed(spec.stream_id, owners) from None
             raise
         return AppendResult(
             stream_id=spec.stream_id,

@@ -19,22 +19,14 @@ from collections.abc import Callable, Sequence
 from datetime import datetime
 
 import msgspec
-from tenacity import (
-    AsyncRetrying,
-    retry_if_exception_type,
-    stop_after_attempt,
-    wait_random_exponential,
-)
 
 from api.http.problems import ProblemError
-from ledger import identity
-from ledger.errors import ConcurrencyError, DuplicateLead, LeadNotFound
-from ledger.identity import IdentityKey
+from ledger.errors import ConcurrencyError, LeadNotFound
 from ledger.ingest import CREATED, Ingestor, NewLead
-from ledger.lead import ACTIVE, ARCHIVED, INITIAL, LeadState, decide, evolve, fold
+from ledger.lead import LeadState
 from ledger.lead_commands import LeadCommands
 from ledger.quality_settings import QualitySettings
-from ledger.store import EventStore, NewEvent
+from ledger.store import EventStore
 from schema.commands import LeadCommand
 from schema.events import Event
 from schema.metadata import EventMetadata
@@ -163,76 +155,23 @@ class LeadWriter:
         expected_version: int | None = None,
     ) -> WriteResult:
         """The commands `plan` makes of the lead's current state, decided in turn and appended
-        as one write at one version (all or nothing). Retried like `execute`."""
-        retrying = AsyncRetrying(
-            stop=stop_after_attempt(1 if expected_version is not None else self.attempts),
-            wait=wait_random_exponential(multiplier=0.005, max=0.2),
-            retry=retry_if_exception_type(ConcurrencyError),
-            reraise=True,
-        )
-        try:
-            async for attempt in retrying:
-                with attempt:
-                    state, events = await self._apply_once(
-                        workspace, lead_id, plan, metadata, expected_version
-                    )
-        except ConcurrencyError:
-            if expected_version is not None:
-                raise
-            raise _contended() from None
-        return await self._stamped(workspace, lead_id, state, events)
-
-    async def _apply_once(
-        self,
-        workspace: str,
-        lead_id: str,
-        plan: Plan,
-        metadata: EventMetadata,
-        expected_version: int | None,
-    ) -> tuple[LeadState, list[Event]]:
-        stream = await self.store.read_stream(workspace, lead_id)
-        state = fold([r.event for r in stream.events], INITIAL)
-        if state.status is None:
+        as one write at one version (all or nothing), through `LeadCommands.execute_plan`.
+        Retried like `execute`."""
+        for rounds_left in range(CONTENDED_ROUNDS - 1, -1, -1):
+            try:
+                result = await self.commands.execute_plan(
+                    workspace, lead_id, plan, metadata, expected_version=expected_version
+                )
+                break
+            except ConcurrencyError:
+                if expected_version is not None:
+                    raise
+                if not rounds_left:
+                    raise _contended() from None
+                await asyncio.sleep(random.uniform(0.01, 0.05))
+        if result.state.status is None:
             raise LeadNotFound("lead not found")
-        if expected_version is not None and expected_version != state.version:
-            raise ConcurrencyError(lead_id, expected_version, state.version)
-        after = state
-        events: list[Event] = []
-        for command in plan(state):
-            decided = decide(after, command)
-            for event in decided:
-                after = evolve(after, event)
-            events.extend(decided)
-        if not events:
-            return after, events
-        new = [NewEvent(e) for e in events]
-        release, claim = self._identity_change(state, after)
-        if not release and not claim:
-            await self.store.append(
-                workspace, lead_id, state.version, new, metadata, key=stream.key
-            )
-            return after, events
-        # As LeadCommands does for one command: the identity index moves with the lead, in the
-        # append's transaction; a key another lead owns refuses the whole PATCH.
-        async with self.store.pool.connection() as conn, conn.transaction():
-            await identity.release(conn, workspace, lead_id, release)
-            claims = await identity.reserve(conn, workspace, lead_id, claim)
-            if claims:
-                raise DuplicateLead(claims[0].lead_id, tuple(c.kind for c in claims))
-            await self.store.append(
-                workspace, lead_id, state.version, new, metadata, key=stream.key, conn=conn
-            )
-        return after, events
-
-    def _identity_change(
-        self, before: LeadState, after: LeadState
-    ) -> tuple[list[IdentityKey], list[IdentityKey]]:
-        hasher = self.commands.hasher
-        if hasher is None:
-            return [], []
-        old = hasher.keys_for(before.fields) if before.status in (ACTIVE, ARCHIVED) else []
-        new = hasher.keys_for(after.fields) if after.status in (ACTIVE, ARCHIVED) else []
-        return [k for k in old if k not in new], [k for k in new if k not in old]
+        return await self._stamped(workspace, lead_id, result.state, result.events)
 
     async def current(
         self, workspace: str, lead_id: str, *, expected_version: int | None = None
