@@ -12,8 +12,10 @@ and a clock passed in. The lead read model recomputes it on every change of the 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from datetime import datetime
+from functools import lru_cache
 
 import msgspec
 import phonenumbers
@@ -25,7 +27,11 @@ from schema.vocabularies import VOCABULARY_FIELDS
 
 DEFAULT_REQUIRED: tuple[str, ...] = ("email", "first_name", "last_name", "company", "country")
 WEIGHTS = {"completeness": 40, "validity": 35, "consistency": 15, "freshness": 10}
-_EMAIL_VALIDITY = {"valid": 1.0, "risky": 0.6, "invalid": 0.0}
+EMAIL_VALIDITY = {"valid": 1.0, "risky": 0.6, "invalid": 0.0}
+FRESH_DAYS = 365
+"""A lead is fully fresh this long after its last change..."""
+DECAY_DAYS = 730
+"""...and its freshness then falls linearly to zero over this many days."""
 
 
 class QualityScore(msgspec.Struct, frozen=True, kw_only=True):
@@ -53,7 +59,9 @@ def score_quality(
     parts = {"completeness": completeness, "validity": validity,
              "consistency": consistency, "freshness": freshness}
     total = sum(WEIGHTS[k] * v for k, v in parts.items())
-    return QualityScore(score=round(total), problems=tuple(problems),
+    # Half up (not Python's half to even), as SQL's floor(x + 0.5) does: the same score here
+    # and in the read model's queries (api/http/quality_queries.py).
+    return QualityScore(score=math.floor(total + 0.5), problems=tuple(problems),
                         **{k: round(v, 3) for k, v in parts.items()})
 
 
@@ -74,12 +82,12 @@ def _validity(state: LeadState, vocabularies: Mapping[str, Vocabulary], problems
     checks: list[float] = []
     if _value(state, "email"):
         status = state.email_status or "valid"
-        checks.append(_EMAIL_VALIDITY.get(status, 0.0))
+        checks.append(EMAIL_VALIDITY.get(status, 0.0))
         if status != "valid":
             problems.append(f"email-{status}")
     phone = _value(state, "phone")
     if phone:
-        ok = phone.startswith("+") and _valid_phone(phone)
+        ok = phone_region(phone) is not None
         checks.append(1.0 if ok else 0.0)
         if not ok:
             problems.append("phone-unparseable")
@@ -98,8 +106,8 @@ def _validity(state: LeadState, vocabularies: Mapping[str, Vocabulary], problems
 def _consistency(state: LeadState, problems: list[str]) -> float:
     checks: list[float] = []
     phone, country = _value(state, "phone"), _value(state, "country")
-    if phone and country and phone.startswith("+") and _valid_phone(phone):
-        region = phonenumbers.region_code_for_number(phonenumbers.parse(phone))
+    region = phone_region(phone) if phone and country else None
+    if region is not None:
         checks.append(1.0 if region == country else 0.0)
         if region != country:
             problems.append("phone-country-mismatch")
@@ -116,14 +124,22 @@ def _consistency(state: LeadState, problems: list[str]) -> float:
 
 def _freshness(updated_at: datetime, now: datetime, problems: list[str]) -> float:
     age_days = max((now - updated_at).total_seconds() / 86_400, 0.0)
-    if age_days <= 365:
+    if age_days <= FRESH_DAYS:
         return 1.0
     problems.append("stale")
-    return max(0.0, 1 - (age_days - 365) / 730)
+    return max(0.0, 1 - (age_days - FRESH_DAYS) / DECAY_DAYS)
 
 
-def _valid_phone(phone: str) -> bool:
+@lru_cache(maxsize=65_536)
+def phone_region(phone: str) -> str | None:
+    """The region of a valid E.164 number, else None. Cached: the read model rescores a lead
+    on every change, and parsing is most of a score's cost."""
+    if not phone.startswith("+"):
+        return None
     try:
-        return phonenumbers.is_valid_number(phonenumbers.parse(phone))
+        number = phonenumbers.parse(phone)
     except phonenumbers.NumberParseException:
-        return False
+        return None
+    # What is_valid_number does, keeping the region it finds.
+    region = phonenumbers.region_code_for_number(number)
+    return region if phonenumbers.is_valid_number_for_region(number, region) else None

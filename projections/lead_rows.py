@@ -1,6 +1,11 @@
 """The lead read model's row: `LeadRow` (one row of `leads`), and folding a lead's events into
 it with the lead's own pure `evolve`, so the read model can never disagree with the decider
-about what an event means."""
+about what an event means.
+
+Each row also carries the lead's data-quality score (ledger/quality.py), recomputed whenever
+the row is written. The projection has no workspace settings: it scores against the default
+required fields and the built-in vocabularies, with freshness 1.0 (a score as of the change);
+queries rescore against the workspace's settings and the current time."""
 
 from __future__ import annotations
 
@@ -10,6 +15,7 @@ from typing import Any
 import msgspec
 
 from ledger.lead import LeadState, evolve
+from ledger.quality import score_quality
 from ledger.store import RecordedEvent
 from schema.events import FIELD_NAMES, LEAD_EVENT_TYPES, LeadCreated, LeadFields
 
@@ -49,8 +55,18 @@ class LeadRow(msgspec.Struct, frozen=True):
     suspected_duplicates: list[str]
     created_at: datetime
     updated_at: datetime
+    quality_score: int | None
+    """None until the row is written by a projection that scores (see migration 0013)."""
+    quality_completeness: float | None
+    quality_validity: float | None
+    quality_consistency: float | None
+    quality_problems: list[str] | None
 
 
+QUALITY_COLUMNS = (
+    "quality_score", "quality_completeness", "quality_validity", "quality_consistency",
+    "quality_problems",
+)
 COLUMNS: tuple[str, ...] = LeadRow.__struct_fields__
 LIST_COLUMNS = ("tags", "merged_from", "email_reasons", "suspected_duplicates")
 # Every part of the lead's state has a column (a new LeadState field fails here, not silently),
@@ -61,16 +77,19 @@ assert COLUMNS[:_FIELDS_AT] == ("workspace", "lead_id", "version", "status")
 assert COLUMNS[_FIELDS_AT + len(FIELD_NAMES):] == (
     "stage", "owner", "tags", "notes_count", "merged_into", "merged_from", "email_status",
     "email_reasons", "quarantined", "suspected_duplicates", "created_at", "updated_at",
+    *QUALITY_COLUMNS,
 )
 assert set(COLUMNS) == (
-    {"workspace", "created_at", "updated_at", *FIELD_NAMES, *LeadState.__struct_fields__}
-    - {"fields"}
+    {"workspace", "created_at", "updated_at", *FIELD_NAMES, *LeadState.__struct_fields__,
+     *QUALITY_COLUMNS} - {"fields"}
 ), "the leads columns and LeadState differ"
 
 PG_TYPES_BY_COLUMN = {
     "version": "int4", "notes_count": "int4", "quarantined": "bool",
     "created_at": "timestamptz", "updated_at": "timestamptz",
     **dict.fromkeys(LIST_COLUMNS, "text[]"),
+    "quality_score": "int4", "quality_completeness": "float8", "quality_validity": "float8",
+    "quality_consistency": "float8", "quality_problems": "text[]",
 }
 COPY_TYPES = [PG_TYPES_BY_COLUMN.get(column, "text") for column in COLUMNS]
 
@@ -119,12 +138,16 @@ def row_values(
     """A row as a tuple in COLUMNS order, what COPY takes (built directly: a replay writes
     one per lead, and a Struct in between would double the work)."""
     fields = msgspec.structs.astuple(state.fields)  # FIELD_NAMES order, as in COLUMNS
+    # As of the change (freshness 1.0), with the defaults: see the module docstring.
+    quality = score_quality(state, updated_at=updated_at, now=updated_at)
     return (
         workspace, state.lead_id or "", state.version, state.status or "",
         *(None if value is msgspec.UNSET else value for value in fields),
         state.stage or "", state.owner, list(state.tags), state.notes_count, state.merged_into,
         list(state.merged_from), state.email_status, list(state.email_reasons),
         state.quarantined, list(state.suspected_duplicates), created_at, updated_at,
+        quality.score, quality.completeness, quality.validity, quality.consistency,
+        list(quality.problems),
     )
 
 
