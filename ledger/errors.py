@@ -65,12 +65,13 @@ class InvalidValue(DomainError):
 
 
 class DuplicateLead(DomainError):
-    """The lead's identity (email, phone or external id) already belongs to another lead."""
+    """The lead's identity (email, phone or external id) already belongs to another lead, or
+    (`exact` False) a likely duplicate exists. `score` is 0–100 (100 for an exact match)."""
 
     code = "duplicate"
 
     def __init__(self, existing_id: str, matched: tuple[str, ...], *, exact: bool = True,
-                 score: float = 1.0) -> None:
+                 score: float = 100.0) -> None:
         kind = "identity" if exact else "likely duplicate"
         super().__init__(f"{kind} already used by lead {existing_id} ({', '.join(matched)})")
         self.existing_id = existing_id

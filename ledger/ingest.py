@@ -4,6 +4,10 @@ processors. Normalize → validate → deduplicate → create, merge or flag.
 Exact duplicates are caught by the identity index inside the append's transaction (so they hold
 under concurrency); likely duplicates are found by fuzzy matching against the read model (best
 effort: the read model may trail the ledger by a moment). Each has its own policy.
+
+Given a connection (`conn=`), every read and append runs inside the caller's transaction: an
+atomic batch creates its leads through here and commits them together, deduplicated against each
+other (the identity keys its earlier items claimed are visible to its later ones).
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Sequence
 
 import msgspec
+import psycopg
 from msgspec import UNSET
 
 from ledger.errors import DuplicateLead
@@ -58,8 +63,10 @@ class Ingestor:
         *,
         policy: QualityPolicy | None = None,
         event_ids: Sequence[str] | None = None,
+        conn: psycopg.AsyncConnection | None = None,
     ) -> IngestResult:
-        """`policy` overrides the workspace's for this request (e.g. ?on_duplicate=merge)."""
+        """`policy` overrides the workspace's for this request (e.g. ?on_duplicate=merge);
+        `conn` runs the whole ingestion inside the caller's transaction."""
         policy = policy or quality.policy
         normalized = normalize_lead(
             lead.fields, stage=lead.stage, full_name=lead.full_name,
@@ -75,22 +82,22 @@ class Ingestor:
             raise DuplicateLead(best.lead_id, best.matched, exact=False, score=best.score)
         if matches and policy.fuzzy_policy == "merge":
             return await self._merge_into(workspace, matches[0].lead_id, command, metadata,
-                                          normalized.unmapped)
+                                          normalized.unmapped, conn)
         try:
             result = await self.commands.execute(
                 workspace, lead.lead_id, command, metadata, event_ids=event_ids,
-                on_duplicate=FLAG if policy.exact_policy == "flag" else RAISE,
+                on_duplicate=FLAG if policy.exact_policy == "flag" else RAISE, conn=conn,
             )
         except DuplicateLead as duplicate:
             if policy.exact_policy != "merge":
                 raise
             return await self._merge_into(workspace, duplicate.existing_id, command, metadata,
-                                          normalized.unmapped)
+                                          normalized.unmapped, conn)
         for match in matches:
             result = await self.commands.execute(
                 workspace, lead.lead_id,
                 SuspectDuplicate(other_id=match.lead_id, score=match.score, matched=match.matched),
-                metadata,
+                metadata, conn=conn,
             )
         return IngestResult(outcome=CREATED, result=result, duplicates=tuple(matches),
                             unmapped=normalized.unmapped)
@@ -108,14 +115,17 @@ class Ingestor:
         return likely_duplicates(person, candidates, policy.fuzzy_threshold)
 
     async def _merge_into(self, workspace: str, existing_id: str, command: CreateLead,
-                          metadata: EventMetadata, unmapped: tuple[str, ...]) -> IngestResult:
+                          metadata: EventMetadata, unmapped: tuple[str, ...],
+                          conn: psycopg.AsyncConnection | None = None) -> IngestResult:
         """The submission updates the existing lead with its non-empty fields and tags."""
         given = {n: v for n in FIELD_NAMES if (v := getattr(command.fields, n)) not in (UNSET, None)}
         result = await self.commands.execute(
-            workspace, existing_id, ChangeLeadFields(changes=LeadFields(**given)), metadata
+            workspace, existing_id, ChangeLeadFields(changes=LeadFields(**given)), metadata,
+            conn=conn,
         )
         for tag in command.tags:
-            tagged = await self.commands.execute(workspace, existing_id, TagLead(tag=tag), metadata)
+            tagged = await self.commands.execute(workspace, existing_id, TagLead(tag=tag), metadata,
+                                                 conn=conn)
             result = tagged if tagged.events else result
         return IngestResult(outcome=MERGED, result=result, merged_into=existing_id,
                             unmapped=unmapped)

@@ -9,6 +9,10 @@ erasure releases the keys; a merge hands them to the survivor.
 A concurrent writer that moves the stream between our read and our append makes the append fail
 with ConcurrencyError; without an explicit expected version the command is re-decided against
 the new state a bounded number of times.
+
+Given a connection (`conn=`), a command reads and appends inside the caller's transaction, each
+append in a savepoint of its own (a refused append leaves the transaction usable): several
+creates then commit or roll back together, as an atomic batch does.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 import msgspec
+import psycopg
 from tenacity import (
     AsyncRetrying,
     retry_if_exception_type,
@@ -40,6 +45,8 @@ from schema.metadata import EventMetadata
 from schema.positions import LogPosition
 
 RAISE, FLAG = "raise", "flag"
+EXACT_SCORE = 100.0
+"""An exact identity match, on the fuzzy matcher's 0–100 scale."""
 
 Plan = Callable[[LeadState], Sequence[LeadCommand]]
 """Makes a write's commands from the lead's current state (a PATCH that replaces tags)."""
@@ -61,8 +68,10 @@ class LeadCommands:
         self.hasher = hasher
         self.attempts = attempts
 
-    async def load(self, workspace: str, lead_id: str) -> LeadState:
-        stream = await self.store.read_stream(workspace, lead_id)
+    async def load(
+        self, workspace: str, lead_id: str, *, conn: psycopg.AsyncConnection | None = None
+    ) -> LeadState:
+        stream = await self.store.read_stream(workspace, lead_id, conn=conn)
         return fold([r.event for r in stream.events], INITIAL)
 
     async def execute(
@@ -75,14 +84,16 @@ class LeadCommands:
         expected_version: int | None = None,
         event_ids: Sequence[str] | None = None,
         on_duplicate: str = RAISE,
+        conn: psycopg.AsyncConnection | None = None,
     ) -> CommandResult:
         """`expected_version` (an If-Match) makes a conflict final instead of retried;
         `event_ids` make a retried request idempotent (the same ids append once);
         `on_duplicate="flag"` records identity clashes as suspected duplicates instead of
-        refusing the command."""
+        refusing the command; `conn` runs it inside the caller's transaction."""
         return await self.execute_plan(
             workspace, lead_id, lambda _state: [command], metadata,
             expected_version=expected_version, event_ids=event_ids, on_duplicate=on_duplicate,
+            conn=conn,
         )
 
     async def execute_plan(
@@ -95,6 +106,7 @@ class LeadCommands:
         expected_version: int | None = None,
         event_ids: Sequence[str] | None = None,
         on_duplicate: str = RAISE,
+        conn: psycopg.AsyncConnection | None = None,
     ) -> CommandResult:
         """The commands `plan` makes of the lead's current state, decided in turn and appended
         as one write at one version: all of them or none (a PATCH of several fields at once)."""
@@ -102,7 +114,7 @@ class LeadCommands:
             with attempt:
                 return await self._once(
                     workspace, lead_id, plan, metadata, expected_version, event_ids,
-                    on_duplicate, assume_new=attempt.retry_state.attempt_number == 1,
+                    on_duplicate, assume_new=attempt.retry_state.attempt_number == 1, conn=conn,
                 )
         raise AssertionError("unreachable")
 
@@ -135,8 +147,9 @@ class LeadCommands:
         on_duplicate: str,
         *,
         assume_new: bool,
+        conn: psycopg.AsyncConnection | None = None,
     ) -> CommandResult:
-        stream = await self._read(workspace, lead_id, plan, expected_version, assume_new)
+        stream = await self._read(workspace, lead_id, plan, expected_version, assume_new, conn)
         state = fold([r.event for r in stream.events], INITIAL)
         if expected_version is not None and expected_version != state.version:
             if state.status is None:
@@ -153,21 +166,21 @@ class LeadCommands:
         release, claim = self._identity_change(state, after)
         try:
             position = await self._append(
-                workspace, stream, state, events, metadata, event_ids, release, claim
+                workspace, stream, state, events, metadata, event_ids, release, claim, conn
             )
         except IdentityClaimed as clash:
             events = self._on_claims(clash.claims, state, events, on_duplicate)
             taken = {c.kind for c in clash.claims}
             free = [k for k in claim if k.kind not in taken]
             position = await self._append(
-                workspace, stream, state, events, metadata, event_ids, release, free
+                workspace, stream, state, events, metadata, event_ids, release, free, conn
             )
             after = fold(events, state)
         return CommandResult(lead_id, after, list(events), position)
 
     async def _read(
         self, workspace: str, lead_id: str, plan: Plan, expected_version: int | None,
-        assume_new: bool,
+        assume_new: bool, conn: psycopg.AsyncConnection | None = None,
     ) -> Stream:
         """A create skips reading its (normally empty) stream: the append at version 0 proves
         the lead is new, and a retry after a conflict reads it for real."""
@@ -175,19 +188,29 @@ class LeadCommands:
             commands = plan(INITIAL)
             if len(commands) == 1 and isinstance(commands[0], CreateLead):
                 return Stream(lead_id, 0, [], None)
-        return await self.store.read_stream(workspace, lead_id)
+        return await self.store.read_stream(workspace, lead_id, conn=conn)
 
     async def _append(
         self, workspace: str, stream: Stream, state: LeadState, events: list[Event],
         metadata: EventMetadata, event_ids: Sequence[str] | None,
         release: list[IdentityKey], claim: list[IdentityKey],
+        conn: psycopg.AsyncConnection | None = None,
     ) -> LogPosition:
         ids = list(event_ids or [])
         new = [NewEvent(e, ids[i]) if i < len(ids) else NewEvent(e) for i, e in enumerate(events)]
-        result = await self.store.append(
-            workspace, stream.stream_id, state.version, new, metadata, key=stream.key,
-            identity=IdentityChange(release, claim),
-        )
+        if conn is None:
+            result = await self.store.append(
+                workspace, stream.stream_id, state.version, new, metadata, key=stream.key,
+                identity=IdentityChange(release, claim),
+            )
+            return result.last
+        # A savepoint: a refused append (a version conflict, a claimed identity) aborts only
+        # itself, and the caller's transaction goes on (to retry, flag or merge).
+        async with conn.transaction():
+            result = await self.store.append(
+                workspace, stream.stream_id, state.version, new, metadata, key=stream.key,
+                identity=IdentityChange(release, claim), conn=conn,
+            )
         return result.last
 
     def _identity_change(
@@ -216,7 +239,9 @@ class LeadCommands:
             raise DuplicateLead(existing, tuple(kinds))
         flagged = list(events)
         for other, kinds in owners.items():
-            command = SuspectDuplicate(other_id=other, score=1.0, matched=tuple(kinds), exact=True)
+            command = SuspectDuplicate(
+                other_id=other, score=EXACT_SCORE, matched=tuple(kinds), exact=True
+            )
             flagged += decide(fold(flagged, state), command)
         return flagged
 

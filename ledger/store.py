@@ -267,18 +267,31 @@ class EventStore:
     # -- reading ---------------------------------------------------------------------------
 
     async def read_stream(
-        self, workspace: str, stream_id: str, after_version: int = 0
+        self,
+        workspace: str,
+        stream_id: str,
+        after_version: int = 0,
+        *,
+        conn: psycopg.AsyncConnection | None = None,
     ) -> Stream:
-        async with self.pool.connection() as conn:
-            cur = await conn.execute(_READ_STREAM, (workspace, stream_id, after_version), binary=True)
-            rows = await cur.fetchall()
-            key = None
-            if rows and rows[0][12] is not None:
-                key = self.keyring.unwrap(workspace, stream_id, rows[0][12])
-            elif not rows:
-                cur = await conn.execute(_KEY, (workspace, stream_id))
-                row = await cur.fetchone()
-                key = self.keyring.unwrap(workspace, stream_id, row[0]) if row else None
+        """With `conn`, reads inside the caller's transaction (seeing its own appends)."""
+        if conn is not None:
+            return await self._read_stream(conn, workspace, stream_id, after_version)
+        async with self.pool.connection() as own:
+            return await self._read_stream(own, workspace, stream_id, after_version)
+
+    async def _read_stream(
+        self, conn: psycopg.AsyncConnection, workspace: str, stream_id: str, after_version: int
+    ) -> Stream:
+        cur = await conn.execute(_READ_STREAM, (workspace, stream_id, after_version), binary=True)
+        rows = await cur.fetchall()
+        key = None
+        if rows and rows[0][12] is not None:
+            key = self.keyring.unwrap(workspace, stream_id, rows[0][12])
+        elif not rows:
+            cur = await conn.execute(_KEY, (workspace, stream_id))
+            row = await cur.fetchone()
+            key = self.keyring.unwrap(workspace, stream_id, row[0]) if row else None
         events = [self._record(row) for row in rows]
         return Stream(stream_id, events[-1].version if events else after_version, events, key)
 
