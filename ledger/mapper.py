@@ -60,17 +60,17 @@ def from_stored(
     registry: EventRegistry = DEFAULT_REGISTRY,
 ) -> tuple[Event, bool]:
     """Returns the event and whether its personal fields were redacted."""
+    if personal is None:
+        return registry.decode(event_type, schema_version, data), False
     fields: dict[str, Any] = _decode(data)
     present = fields.pop(_PRESENT, ())
-    redacted = False
-    if personal is not None:
-        if key is None:
-            secret = {path: REDACTED for path in present}
-            redacted = True
-        else:
-            secret = _decode(key.decrypt(personal, aad))
-        for path, value in secret.items():
-            _set_path(fields, path, value)
+    redacted = key is None
+    if redacted:
+        secret = {path: REDACTED for path in present}
+    else:
+        secret = _decode(key.decrypt(personal, aad))
+    for path, value in secret.items():
+        _set_path(fields, path, value)
     return registry.load(event_type, schema_version, fields), redacted
 
 
