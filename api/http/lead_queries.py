@@ -16,6 +16,7 @@ from psycopg import sql
 
 from api.http.cursors import decode_cursor, encode_cursor, query_hash
 from api.http.problems import FieldError, ProblemError
+from api.http.quality_queries import Rescoring
 from projections.leads import COLUMNS, LeadRow
 
 SORTS: dict[str, tuple[str, bool]] = {
@@ -37,6 +38,10 @@ class LeadFilter(msgspec.Struct, frozen=True, kw_only=True):
     updated_after: datetime | None = None
     updated_before: datetime | None = None
     q: str | None = None
+    quarantined: bool | None = None
+    quality_below: int | None = None
+    """Needs `list_leads(rescoring=...)`: the score is computed against the workspace's
+    settings at query time (api/http/quality_queries.py)."""
 
 
 class ListCursor(msgspec.Struct, frozen=True, array_like=True):
@@ -54,7 +59,9 @@ def _like(text: str) -> str:
     return f"%{escaped}%"
 
 
-def _where(workspace: str, f: LeadFilter) -> tuple[list[sql.Composable], list[Any]]:
+def _where(
+    workspace: str, f: LeadFilter, score: sql.Composable | None = None
+) -> tuple[list[sql.Composable], list[Any]]:
     clauses: list[sql.Composable] = [sql.SQL("workspace = %s"), sql.SQL("status = %s")]
     params: list[Any] = [workspace, f.status]
     if f.stage:
@@ -82,6 +89,12 @@ def _where(workspace: str, f: LeadFilter) -> tuple[list[sql.Composable], list[An
             "concat_ws(' ', first_name, last_name, company, email) ILIKE %s ESCAPE '\\'"
         ))
         params.append(_like(f.q))
+    if f.quarantined is not None:
+        clauses.append(sql.SQL("quarantined = %s"))
+        params.append(f.quarantined)
+    if f.quality_below is not None and score is not None:
+        clauses.append(sql.SQL("{} < %s").format(score))
+        params.append(f.quality_below)
     return clauses, params
 
 
@@ -93,10 +106,11 @@ async def list_leads(
     sort: str,
     limit: int,
     cursor: str | None,
+    rescoring: Rescoring | None = None,
 ) -> tuple[list[LeadRow], str | None]:
     column, descending = SORTS[sort]
     fingerprint = query_hash(workspace, sort, msgspec.to_builtins(f))
-    clauses, params = _where(workspace, f)
+    clauses, params = _where(workspace, f, rescoring.score if rescoring else None)
     if cursor:
         after = decode_cursor(cursor, ListCursor)
         if after.query != fingerprint:

@@ -7,9 +7,8 @@ lead read model.
 
 from __future__ import annotations
 
-import ipaddress
 import uuid
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
 from litestar import Controller, Request, Response, delete, get, patch, post
@@ -19,6 +18,7 @@ from litestar.status_codes import HTTP_200_OK, HTTP_201_CREATED, HTTP_304_NOT_MO
 from msgspec import UNSET
 
 from api.http.context import write_metadata
+from api.http.creates import OnDuplicate, OnFuzzy, create_one, lead_fields
 from api.http.docs import (
     CREATE_BODY,
     LOCATION,
@@ -30,10 +30,11 @@ from api.http.docs import (
     IfNoneMatchHeader,
     ReasonHeader,
 )
-from api.http.idempotency import Reply, derived_id, derived_ids, reply, run_idempotent
+from api.http.idempotency import Reply, reply, run_idempotent
 from api.http.lead_queries import SORTS, LeadFilter, list_leads
 from api.http.lead_views import lead_of_row, lead_of_state, lead_reply, write_headers
 from api.http.problems import ProblemError, problem_responses
+from api.http.quality_queries import Rescoring
 from api.http.representations import (
     MAX_PAGE,
     Lead,
@@ -50,9 +51,7 @@ from api.http.versions import (
     read_your_writes,
     valid_lead_id,
 )
-from api.http.writes import WriteResult
-from ledger.errors import InvalidValue, LeadAlreadyExists, LeadNotFound
-from ledger.ingest import NewLead
+from ledger.errors import InvalidValue, LeadNotFound
 from ledger.lead import LeadState
 from projections.leads import get_lead
 from schema.commands import (
@@ -65,19 +64,12 @@ from schema.commands import (
     TagLead,
     UntagLead,
 )
-from schema.events import FIELD_NAMES, LeadFields
+from schema.events import LeadFields
 from schema.vocabularies import LIFECYCLE_STAGES
 
 READ_PROBLEMS = (400, 401, 404, 429, 503)
 WRITE_PROBLEMS = (400, 401, 403, 404, 409, 410, 412, 413, 415, 422, 429)
 
-OnDuplicate = Annotated[
-    Literal["reject", "merge", "flag"] | None,
-    Parameter(description="When the lead's email, phone or external id already belongs to a "
-              "lead: `reject` (409 naming it), `merge` (update it with the new non-empty "
-              "fields: 200 with that lead) or `flag` (create, and record the suspected "
-              "duplicate). Default: the workspace's policy."),
-]
 LeadId = Annotated[str, Parameter(description="The lead's id.", max_length=128)]
 
 
@@ -91,51 +83,8 @@ def expected_version(request: Request) -> int | None:
     return None if version == ANY else version
 
 
-def _fields(data: Any, *, patch: bool) -> dict[str, Any]:
-    absent = UNSET if patch else None
-    given = {n: v for n in FIELD_NAMES if (v := getattr(data, n)) is not absent}
-    ip = given.get("ip_address")
-    if ip:
-        try:
-            ipaddress.ip_address(ip)
-        except ValueError:
-            raise InvalidValue("ip_address", f"{ip!r} is not an IPv4 or IPv6 address") from None
-    return given
-
-
-def new_lead(data: Any, lead_id: str) -> NewLead:
-    return NewLead(
-        lead_id=lead_id, fields=LeadFields(**_fields(data, patch=False)), stage=data.stage,
-        owner=data.owner, tags=tuple(data.tags),
-    )
-
-
-async def create_one(
-    services: Services,
-    request: Request,
-    data: Any,
-    request_uuid: uuid.UUID | None,
-    name: str,
-    on_duplicate: str | None = None,
-) -> WriteResult:
-    """Creates one lead; with a request_uuid (Idempotency-Key), its ids derive from it, so a
-    retry after a crash finds the lead its first attempt wrote instead of writing another."""
-    workspace = request.user.key.workspace
-    lead = new_lead(data, derived_id(request_uuid, name))
-    metadata = write_metadata(request, data.reason)
-    try:
-        return await services.writer.create(
-            workspace, lead, metadata, event_ids=derived_ids(request_uuid, name),
-            on_duplicate=on_duplicate,
-        )
-    except LeadAlreadyExists:
-        if request_uuid is None:
-            raise
-        return await services.writer.current(workspace, lead.lead_id)
-
-
 def _patch_plan(data: Any) -> Any:
-    fields = _fields(data, patch=True)
+    fields = lead_fields(data, patch=True)
 
     def plan(state: LeadState) -> list[LeadCommand]:
         commands: list[LeadCommand] = []
@@ -166,9 +115,13 @@ class LeadController(Controller):
         status_code=HTTP_201_CREATED,
         summary="Create a lead",
         description="Creates a lead: fields are normalized (email, phone, country and the "
-        "workspace's vocabularies) and checked for duplicates. Send an `Idempotency-Key` to make "
-        "retries safe. Answers 201 with the lead, its `ETag` and the `X-Consistency-Token` of "
-        "the write; 200 with the existing lead when the duplicate policy merged it.",
+        "workspace's vocabularies: a value outside one is 422 naming the allowed values and "
+        "the closest, or kept and flagged, per the workspace's `on_unknown`) and checked for "
+        "exact and likely duplicates (`on_duplicate`, `on_fuzzy`). Send an `Idempotency-Key` "
+        "to make retries safe. Answers 201 with the lead, its `ETag` and the "
+        "`X-Consistency-Token` of the write; 200 with the existing lead (`merged_into` naming "
+        "it) when a `merge` policy merged the submission into it; 409 `duplicate-lead` with "
+        "`existing_id`, `matched`, `exact` and `score` when a `reject` policy refused it.",
         response_headers=[*WRITE_HEADERS, LOCATION],
         responses={
             200: ResponseSpec(Lead, description="The duplicate policy merged the submission "
@@ -182,12 +135,13 @@ class LeadController(Controller):
         data: Annotated[LeadCreate, CREATE_BODY],  # type: ignore[valid-type]
         services: Services,
         on_duplicate: OnDuplicate = None,
+        on_fuzzy: OnFuzzy = None,
         idempotency_key: IdempotencyKeyHeader = None,
         x_reason: ReasonHeader = None,
     ) -> Response[Lead]:  # type: ignore[valid-type]
         async def work(request_uuid: uuid.UUID | None) -> Reply:
             result = await create_one(
-                services, request, data, request_uuid, "lead", on_duplicate
+                services, request, data, request_uuid, "lead", on_duplicate, on_fuzzy
             )
             headers = {**write_headers(result), "location": f"/v1/leads/{result.lead_id}"}
             status = HTTP_200_OK if result.merged_into else HTTP_201_CREATED
@@ -216,14 +170,17 @@ class LeadController(Controller):
         require_lead_id(lead_id)
         pool = services.runtime.pool
         await read_your_writes(request, pool, services.settings.consistency_wait_s)
+        workspace = request.user.key.workspace
         async with pool.connection() as conn:
-            row = await get_lead(conn, request.user.key.workspace, lead_id)
+            row = await get_lead(conn, workspace, lead_id)
         if row is None:
             raise LeadNotFound("no such lead in this workspace")
         if if_none_match(request, row.version):
             return Response(b"", status_code=HTTP_304_NOT_MODIFIED,
                             headers={"etag": etag(row.version)})
-        return Response(lead_of_row(row), headers={"etag": etag(row.version)})
+        quality = await services.writer.quality.load(workspace)
+        return Response(lead_of_row(row, quality, datetime.now(UTC)),
+                        headers={"etag": etag(row.version)})
 
     @patch(
         "/{lead_id:str}",
@@ -325,6 +282,12 @@ class LeadController(Controller):
         updated_before: Annotated[datetime | None, Parameter(description="Exclusive.")] = None,
         q: Annotated[str | None, Parameter(
             max_length=200, description="Free text in name, company or email.")] = None,
+        quarantined: Annotated[bool | None, Parameter(
+            description="Only quarantined leads (invalid or hard-bounced email), or only "
+            "leads that are not.")] = None,
+        quality_below: Annotated[int | None, Parameter(
+            ge=1, le=101, description="Only leads whose data-quality score (against the "
+            "workspace's settings, now) is below this.")] = None,
         x_consistency_token: ConsistencyTokenHeader = None,
     ) -> LeadPage:
         for text in (cursor, owner, source, q, *(tag or ())):
@@ -336,12 +299,18 @@ class LeadController(Controller):
             status=status, stage=tuple(stage or ()), owner=owner, tags=tuple(tag or ()),
             source=source, created_after=created_after, created_before=created_before,
             updated_after=updated_after, updated_before=updated_before, q=q,
+            quarantined=quarantined, quality_below=quality_below,
         )
+        workspace = request.user.key.workspace
+        quality = await services.writer.quality.load(workspace)
+        now = datetime.now(UTC)
         async with pool.connection() as conn:
             rows, next_cursor = await list_leads(
-                conn, request.user.key.workspace, filters, sort=sort, limit=limit, cursor=cursor
+                conn, workspace, filters, sort=sort, limit=limit, cursor=cursor,
+                rescoring=Rescoring(quality, now) if quality_below is not None else None,
             )
-        return LeadPage(data=[lead_of_row(r) for r in rows], next_cursor=next_cursor)
+        return LeadPage(data=[lead_of_row(r, quality, now) for r in rows],
+                        next_cursor=next_cursor)
 
 
 async def single_command(

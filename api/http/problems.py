@@ -30,6 +30,7 @@ from ledger.errors import (
     LeadNotFound,
     LedgerError,
 )
+from ledger.lead_input import UnknownTerm
 
 PROBLEM_MEDIA_TYPE = "application/problem+json"
 log = structlog.get_logger("leadledger.http")
@@ -102,6 +103,10 @@ class FieldError(msgspec.Struct, frozen=True, omit_defaults=True):
     """Where: a body field (`email`, `leads[3].stage`), a query parameter or a header."""
     message: str
     """What was expected."""
+    allowed: list[str] | None = None
+    """For a value outside a controlled vocabulary: every allowed code."""
+    suggestion: str | None = None
+    """For a value outside a controlled vocabulary: the closest allowed code, if any."""
 
 
 class Problem(msgspec.Struct, frozen=True, omit_defaults=True):
@@ -117,7 +122,24 @@ class Problem(msgspec.Struct, frozen=True, omit_defaults=True):
     current_version: int | None = None
     """On 412: the lead's current version (its ETag)."""
     existing_id: str | None = None
-    """On a duplicate: the lead that already has this identity."""
+    """On a duplicate: the lead that already has this identity (or the likely match)."""
+    matched: list[str] | None = None
+    """On a duplicate: what matched (`email`, `phone`, `external`; for a likely duplicate,
+    `name`, `company`, `email_local_part`...)."""
+    exact: bool | None = None
+    """On a duplicate: true for an identity (email, phone, external id) match, false for a
+    likely (fuzzy) match."""
+    score: float | None = None
+    """On a duplicate: how alike, 0–100 (100 for an exact match)."""
+
+
+class DuplicateDetail(msgspec.Struct, frozen=True):
+    """What a duplicate-lead problem adds to its body."""
+
+    existing_id: str
+    matched: list[str]
+    exact: bool
+    score: float
 
 
 def problem_type_uri(slug: str) -> str:
@@ -136,6 +158,7 @@ class ProblemError(Exception):
         headers: Mapping[str, str] | None = None,
         current_version: int | None = None,
         existing_id: str | None = None,
+        duplicate: DuplicateDetail | None = None,
     ) -> None:
         super().__init__(detail)
         self.type = PROBLEM_TYPES[slug]
@@ -143,7 +166,8 @@ class ProblemError(Exception):
         self.errors = errors
         self.headers = dict(headers or {})
         self.current_version = current_version
-        self.existing_id = existing_id
+        self.duplicate = duplicate
+        self.existing_id = duplicate.existing_id if duplicate else existing_id
 
 
 def problem_response(
@@ -160,6 +184,9 @@ def problem_response(
         errors=error.errors,
         current_version=error.current_version,
         existing_id=error.existing_id,
+        matched=error.duplicate.matched if error.duplicate else None,
+        exact=error.duplicate.exact if error.duplicate else None,
+        score=error.duplicate.score if error.duplicate else None,
     )
     headers = dict(error.headers)
     if error.type.status == 401:
@@ -226,7 +253,7 @@ def to_problem(exc: Exception) -> ProblemError:
                 current_version=exc.current,
             )
         case DuplicateLead():
-            return ProblemError("duplicate-lead", str(exc), existing_id=exc.existing_id)
+            return ProblemError("duplicate-lead", str(exc), duplicate=duplicate_detail(exc))
         case LeadNotFound():
             return ProblemError("not-found", "no such lead in this workspace")
         case LeadGone():
@@ -235,6 +262,12 @@ def to_problem(exc: Exception) -> ProblemError:
             return ProblemError("lead-archived", str(exc))
         case LeadAlreadyExists():
             return ProblemError("conflict", str(exc))
+        case UnknownTerm():
+            message = str(exc).split(": ", 1)[-1]
+            return ProblemError("validation-failed", str(exc), errors=[FieldError(
+                field=exc.field, message=message, allowed=list(exc.allowed),
+                suggestion=exc.suggestion,
+            )])
         case InvalidValue():
             message = str(exc).split(": ", 1)[-1]
             return ProblemError(
@@ -267,6 +300,12 @@ def to_problem(exc: Exception) -> ProblemError:
             return ProblemError(
                 "internal", "an unexpected error occurred; quote the request id when reporting it"
             )
+
+
+def duplicate_detail(exc: DuplicateLead) -> DuplicateDetail:
+    return DuplicateDetail(
+        existing_id=exc.existing_id, matched=list(exc.matched), exact=exc.exact, score=exc.score
+    )
 
 
 def handle_exception(request: Request, exc: Exception) -> Response[Problem]:

@@ -133,6 +133,24 @@ LeadCreate = _lead_create()
 LeadPatch = _lead_patch()
 
 
+class Quality(msgspec.Struct, frozen=True, kw_only=True):
+    """The lead's data quality against the workspace's required fields and vocabularies, now.
+    Score = 40 × completeness + 35 × validity + 15 × consistency + 10 × freshness."""
+
+    score: Annotated[int, Meta(ge=0, le=100, description="0–100.", examples=[87])]
+    completeness: Annotated[float, Meta(ge=0, le=1, description="Share of the workspace's "
+                                        "required fields that are present.")]
+    validity: Annotated[float, Meta(ge=0, le=1, description="Email status, a parseable "
+                                    "phone, values inside their vocabularies.")]
+    consistency: Annotated[float, Meta(ge=0, le=1, description="Phone country matches the "
+                                       "lead's country; a business email's domain matches the "
+                                       "website.")]
+    freshness: Annotated[float, Meta(ge=0, le=1, description="1 for a year after the last "
+                                     "change, then falling to 0 over two more.")]
+    problems: Annotated[list[str], Meta(description="The rules the lead fails (see GET "
+                                        "/v1/quality).", examples=[["missing:company"]])]
+
+
 def _lead() -> type[msgspec.Struct]:
     fields: list[tuple[str, Any, Any]] = [
         ("id", Annotated[str, Meta(description="The lead's id.")], msgspec.NODEFAULT),
@@ -150,8 +168,24 @@ def _lead() -> type[msgspec.Struct]:
         ("tags", Annotated[list[str], Meta(description="Tags.")],
          msgspec.field(default_factory=list)),
         ("notes_count", Annotated[int, Meta(description="How many notes the lead has.")], 0),
-        ("merged_into", Annotated[str | None, Meta(description="Set when status is merged.")],
-         None),
+        ("merged_into", Annotated[str | None, Meta(
+            description="The lead this one was merged into (status merged). On a create "
+            "answered 200 (the `merge` duplicate policy): the existing lead the submission was "
+            "merged into, which is the lead returned.")], None),
+        ("merged_from", Annotated[list[str], Meta(description="Leads merged into this one.")],
+         msgspec.field(default_factory=list)),
+        ("email_status", Annotated[Literal["valid", "risky", "invalid"] | None, Meta(
+            description="The email's check: `invalid` (bad syntax, disposable or typo domain, "
+            "hard bounce) quarantines the lead; `risky` (a role account) is flagged.")], None),
+        ("email_reasons", Annotated[list[str], Meta(
+            description="Why, e.g. `role-account`, `free-mail`, `typo-domain`, `hard-bounce`.")],
+         msgspec.field(default_factory=list)),
+        ("quarantined", Annotated[bool, Meta(
+            description="Out of the active pipeline until its email is fixed.")], False),
+        ("suspected_duplicates", Annotated[list[str], Meta(
+            description="Leads this one is suspected to duplicate (see /v1/duplicates).")],
+         msgspec.field(default_factory=list)),
+        ("quality", Annotated[Quality | None, Meta(description="Data quality.")], None),
         ("created_at", Annotated[datetime, Meta(description="When the ledger recorded the "
                                                 "lead's creation.")], msgspec.NODEFAULT),
         ("updated_at", Annotated[datetime, Meta(description="When the ledger recorded the "
@@ -189,7 +223,12 @@ class BatchItemError(msgspec.Struct, frozen=True, omit_defaults=True):
     type: str
     title: str
     detail: str
-    errors: list[dict[str, str]] | None = None
+    errors: list[dict[str, Any]] | None = None
+    existing_id: str | None = None
+    """For a duplicate: the lead that already has this identity (or the likely match)."""
+    matched: list[str] | None = None
+    exact: bool | None = None
+    score: float | None = None
 
 
 class BatchItemResult(msgspec.Struct, frozen=True, omit_defaults=True):
@@ -199,14 +238,15 @@ class BatchItemResult(msgspec.Struct, frozen=True, omit_defaults=True):
     error: BatchItemError | None = None
 
 
-class BatchResponse(msgspec.Struct, frozen=True):
+class BatchResponse(msgspec.Struct, frozen=True, kw_only=True):
     """A result per item, by index: `created`, `merged` (into an existing lead, by the
-    workspace's duplicate policy) or `rejected` with the reason."""
+    duplicate policy) or `rejected` with the reason."""
 
     atomic: bool
     created: int
     rejected: int
     results: list[BatchItemResult]
+    merged: int = 0
 
 
 class NoteCreate(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):

@@ -5,27 +5,28 @@ command (note, tag, archive, ...) through `LeadCommands.execute`: the paths ever
 shares. A PATCH may change fields, stage, owner and tags at once: those commands are decided one
 after another against the same state and appended as one write at one version (keeping the
 identity index in step, as LeadCommands does), so a PATCH is all or nothing and its If-Match
-guards the whole of it. LeadCommands has no multi-command entry point yet; when it gains one,
-`apply` should become a call of it. A write answers with the lead as the ledger now has it, its
-version (the ETag), the ledger times it was created and last changed, and the position of its
-latest event (the consistency token).
+guards the whole of it (`LeadCommands.execute_plan`). A merge of two leads goes through
+`LeadCommands.merge`. A write answers with the lead as the ledger now has it, its version (the
+ETag), the ledger times it was created and last changed, the position of its latest event (the
+consistency token), and its data quality against the workspace's settings.
 """
 
 from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import Callable, Sequence
-from datetime import datetime
+from collections.abc import Awaitable, Callable, Sequence
+from datetime import UTC, datetime
 
 import msgspec
 
 from api.http.problems import ProblemError
-from ledger.errors import ConcurrencyError, LeadNotFound
+from ledger.errors import ConcurrencyError, InvalidValue, LeadNotFound
 from ledger.ingest import CREATED, Ingestor, NewLead
 from ledger.lead import LeadState
-from ledger.lead_commands import LeadCommands
-from ledger.quality_settings import QualitySettings
+from ledger.lead_commands import CommandResult, LeadCommands
+from ledger.quality import QualityScore, score_quality
+from ledger.quality_settings import QualityPolicy, QualitySettings, WorkspaceQuality
 from ledger.store import EventStore
 from schema.commands import LeadCommand
 from schema.events import Event
@@ -47,6 +48,7 @@ class WriteResult(msgspec.Struct, frozen=True):
     merged_into: str | None = None
     """Set when a create was merged into an existing lead (the workspace's duplicate policy):
     `lead_id` and `state` are then the existing lead's."""
+    quality: QualityScore | None = None
 
     @property
     def changed(self) -> bool:
@@ -64,6 +66,28 @@ WHERE l.workspace = %s AND l.stream_id = %s AND l.version = %s
 
 CONTENDED_ROUNDS = 5
 """Rounds of LeadCommands' own bounded retries a write without If-Match gets on a busy lead."""
+
+
+def quality_of(
+    state: LeadState, updated_at: datetime, quality: WorkspaceQuality, now: datetime | None = None
+) -> QualityScore:
+    """The lead's data quality against the workspace's required fields and vocabularies."""
+    return score_quality(
+        state, updated_at=updated_at, now=now or datetime.now(UTC),
+        required=quality.policy.required_fields, vocabularies=quality.vocabularies,
+    )
+
+
+def with_overrides(
+    quality: WorkspaceQuality, on_duplicate: str | None, on_fuzzy: str | None
+) -> QualityPolicy:
+    """The workspace's ingestion policy with this request's overrides."""
+    policy = quality.policy
+    if on_duplicate is not None:
+        policy = msgspec.structs.replace(policy, exact_policy=on_duplicate)
+    if on_fuzzy is not None:
+        policy = msgspec.structs.replace(policy, fuzzy_policy=on_fuzzy)
+    return policy
 
 
 def _contended() -> ProblemError:
@@ -97,15 +121,16 @@ class LeadWriter:
         *,
         event_ids: Sequence[str] | None = None,
         on_duplicate: str | None = None,
+        on_fuzzy: str | None = None,
+        ingestor: Ingestor | None = None,
     ) -> WriteResult:
         """A new lead through ingestion, the creation path every interface shares (normalize,
-        vocabularies, dedup). `on_duplicate` overrides the workspace's exact-duplicate policy
-        (reject, merge or flag) for this request."""
+        vocabularies, dedup). `on_duplicate` and `on_fuzzy` override the workspace's exact and
+        likely-duplicate policies (reject, merge or flag) for this request; `ingestor` is one
+        with other duplicate candidates (a batch's own items)."""
         quality = await self.quality.load(workspace)
-        policy = quality.policy
-        if on_duplicate is not None:
-            policy = msgspec.structs.replace(policy, exact_policy=on_duplicate)
-        outcome = await self.ingestor.create(
+        policy = with_overrides(quality, on_duplicate, on_fuzzy)
+        outcome = await (ingestor or self.ingestor).create(
             workspace, lead, metadata, quality, policy=policy, event_ids=event_ids
         )
         result = outcome.result
@@ -173,6 +198,29 @@ class LeadWriter:
             raise LeadNotFound("lead not found")
         return await self._stamped(workspace, lead_id, result.state, result.events)
 
+    async def merge(
+        self, workspace: str, survivor_id: str, merged_id: str, metadata: EventMetadata
+    ) -> WriteResult:
+        """Merges `merged_id` into `survivor_id` (LeadCommands.merge, atomic); the survivor."""
+        if survivor_id == merged_id:
+            raise InvalidValue("merged_id", "a lead cannot be merged into itself")
+        survivor, _ = await self._retry_contended(
+            lambda: self.commands.merge(workspace, survivor_id, merged_id, metadata)
+        )
+        return await self._stamped(workspace, survivor_id, survivor.state, survivor.events)
+
+    async def _retry_contended(
+        self, write: Callable[[], Awaitable[tuple[CommandResult, CommandResult]]]
+    ) -> tuple[CommandResult, CommandResult]:
+        for rounds_left in range(CONTENDED_ROUNDS - 1, -1, -1):
+            try:
+                return await write()
+            except ConcurrencyError:
+                if not rounds_left:
+                    raise _contended() from None
+                await asyncio.sleep(random.uniform(0.01, 0.05))
+        raise AssertionError("unreachable")
+
     async def current(
         self, workspace: str, lead_id: str, *, expected_version: int | None = None
     ) -> WriteResult:
@@ -193,4 +241,7 @@ class LeadWriter:
         if row is None:  # pragma: no cover - the events were just read or written
             raise LeadNotFound("lead not found")
         created_at, updated_at, tx, pos = row
-        return WriteResult(lead_id, state, events, LogPosition(tx, pos), created_at, updated_at)
+        quality = quality_of(state, updated_at, await self.quality.load(workspace))
+        return WriteResult(
+            lead_id, state, events, LogPosition(tx, pos), created_at, updated_at, quality=quality
+        )
