@@ -22,7 +22,9 @@ from litestar.openapi.spec import Components, SecurityScheme, Tag
 
 from api.http.access import AccessMiddleware
 from api.http.batch import BatchController
+from api.http.bounces import BounceController
 from api.http.context import RequestContextMiddleware
+from api.http.duplicates import DuplicatesController, MergeController
 from api.http.events import EventsController
 from api.http.health import HealthController
 from api.http.history import HistoryController
@@ -30,9 +32,11 @@ from api.http.leads import LeadController
 from api.http.notes import NotesController
 from api.http.openapi import finish_openapi
 from api.http.problems import handle_exception
+from api.http.quality import QualityController
 from api.http.services import Services, provide_services
 from api.http.settings import HttpSettings, load_http_settings
 from api.http.tags import TagsController
+from api.http.vocabularies import VocabulariesController
 from api.http.workspace import KeysController, WorkspaceController
 from api.runtime import Runtime
 
@@ -67,6 +71,8 @@ def create_app(runtime: Runtime, settings: HttpSettings | None = None) -> Litest
         route_handlers=[
             LeadController, HistoryController, NotesController, TagsController,
             EventsController, WorkspaceController, KeysController, HealthController,
+            MergeController, DuplicatesController, BounceController, QualityController,
+            VocabulariesController,
         ],
         request_max_body_size=settings.max_body_bytes,
     )
@@ -109,6 +115,13 @@ def create_app(runtime: Runtime, settings: HttpSettings | None = None) -> Litest
                 Tag(name="history", description="The audit trail of a lead."),
                 Tag(name="notes", description="Notes on a lead."),
                 Tag(name="tags", description="Tags on a lead."),
+                Tag(name="duplicates", description="Merging leads and the review queue of "
+                    "likely duplicates."),
+                Tag(name="quality", description="Data quality: the workspace's scores and "
+                    "problems, and its ingestion policy (duplicates, unknown values, required "
+                    "fields)."),
+                Tag(name="vocabularies", description="Controlled vocabularies with synonyms, "
+                    "built-in and the workspace's own."),
                 Tag(name="events", description="The ledger as a change feed."),
                 Tag(name="workspace", description="The workspace's policy and API keys."),
                 Tag(name="operations", description="Health, readiness, problem types."),

@@ -141,3 +141,33 @@ async def list_leads(
             ListCursor(fingerprint, getattr(last, column), last.lead_id)
         )
     return rows, next_cursor
+
+
+_BY_EMAIL = """
+SELECT lead_id FROM leads
+WHERE workspace = %s AND lower(email) = lower(%s) AND status IN ('active', 'archived')
+ORDER BY created_at, lead_id
+LIMIT %s
+"""
+
+
+async def leads_with_email(
+    conn: psycopg.AsyncConnection, workspace: str, email: str, limit: int = 100
+) -> list[str]:
+    """The live leads whose email is `email` (case-insensitively; the leads_by_email index)."""
+    cur = await conn.execute(_BY_EMAIL, (workspace, email, limit))
+    return [row[0] for row in await cur.fetchall()]
+
+
+_SUMMARIES = """
+SELECT lead_id, status, first_name, last_name, email, phone, company, created_at, updated_at
+FROM leads WHERE workspace = %s AND lead_id = ANY(%s)
+"""
+
+
+async def lead_summaries(
+    conn: psycopg.AsyncConnection, workspace: str, lead_ids: list[str]
+) -> dict[str, tuple[Any, ...]]:
+    """A few columns of each of these leads, by id (absent: not in the read model)."""
+    cur = await conn.execute(_SUMMARIES, (workspace, lead_ids))
+    return {row[0]: tuple(row) for row in await cur.fetchall()}

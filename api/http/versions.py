@@ -81,12 +81,16 @@ def consistency_token(request: Request) -> LogPosition | None:
         ) from None
 
 
-async def read_your_writes(request: Request, pool: AsyncConnectionPool, timeout: float) -> None:
-    """Waits until the lead read model has applied the request's consistency token, if any."""
+async def read_your_writes(
+    request: Request, pool: AsyncConnectionPool, timeout: float,
+    projection: str = LEAD_PROJECTION,
+) -> None:
+    """Waits until the read model (the lead's, unless named) has applied the request's
+    consistency token, if any."""
     position = consistency_token(request)
     if position is None:
         return
-    if not await wait_for(pool, LEAD_PROJECTION, position, timeout):
+    if not await wait_for(pool, projection, position, timeout):
         raise ProblemError(
             "unavailable",
             f"the read model has not yet reached {position.token()}; retry shortly",
