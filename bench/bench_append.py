@@ -50,7 +50,7 @@ from bench.common import (
     write_results,
     writers_label,
 )
-from bench.measure import Sample, measure_guarded, median
+from bench.measure import RetryBudget, Sample, measure_guarded, median
 from ledger.migrations import migrate
 
 RAW_TARGET = 0.6    # ledger appends/s over raw inserts/s, at every concurrency
@@ -119,20 +119,16 @@ def build_contenders(server: BenchServer, only: set[str] | None) -> list[Contend
 def run(contenders: list[Contender], args: argparse.Namespace, roots: list[int],
         console: Console) -> dict[tuple[str, int], list[Sample]]:
     """Every contender at every writer count, `repeat` times, interleaved. A sample during
-    which other work on the machine took more than `max_foreign` cores is taken again (a
-    bounded number of times, and only while retakes have used less than `retry_budget`
-    seconds in all, so that a busy machine cannot stretch the run much)."""
+    which other work on the machine took more than `max_foreign` cores is taken again once
+    the machine is quiet (a bounded number of times, within `retry_budget` seconds in all)."""
     samples: dict[tuple[str, int], list[Sample]] = {}
-    retried = 0.0
+    budget = RetryBudget(args.retry_budget)
     for writers in args.writer_counts:
         for rep in range(1, args.repeat + 1):
             for contender in contenders:
-                started = time.monotonic()
                 sample, attempts = measure_guarded(
                     lambda c=contender, w=writers: c.measure(w, args.warmup, args.duration),
-                    roots, max_foreign=args.max_foreign, retries=args.retries,
-                    may_retry=lambda r=retried: r < args.retry_budget)
-                retried += (time.monotonic() - started) * (attempts - 1) / attempts
+                    roots, max_foreign=args.max_foreign, retries=args.retries, budget=budget)
                 samples.setdefault((contender.name, writers), []).append(sample)
                 cpu = f"{sample.cpu_us:6.0f} µs CPU/unit" if sample.cpu_us else ""
                 foreign = ("" if sample.foreign_cores is None else
@@ -301,7 +297,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="retake a sample if other work took more cores than this")
     parser.add_argument("--retries", type=int, default=2, help="retakes per sample at most")
     parser.add_argument("--retry-budget", type=float, default=60,
-                        help="seconds that retaking disturbed samples may add to the run")
+                        help="seconds that waiting for quiet and retaking may add to the run")
     parser.add_argument("--no-write", action="store_true",
                         help="print only; leave results/append.json and RESULTS.md alone")
     args = parser.parse_args(argv)

@@ -62,7 +62,7 @@ from bench.common import (
     write_results,
     writers_label,
 )
-from bench.measure import Sample, measure_guarded, median
+from bench.measure import RetryBudget, Sample, measure_guarded, median
 from ledger.crypto import Keyring, generate_master_key, parse_master_key
 from ledger.mapper import event_aad, to_stored
 from ledger.migrations import migrate
@@ -231,7 +231,7 @@ def main(argv: list[str] | None = None) -> int:
     quiet_logs()
     load_start = load_average()
     samples: dict[tuple[str, int], list[Sample]] = {}
-    retried = 0.0
+    budget = RetryBudget(40)
     with BenchServer() as server:
         machine = describe_machine(server)
         url = server.create_database("bench_append_diagnosis")
@@ -241,13 +241,10 @@ def main(argv: list[str] | None = None) -> int:
             for writers in writer_counts:
                 for _ in range(args.repeat):
                     for variant in variants:
-                        started = time.monotonic()
-                        sample, attempts = measure_guarded(
+                        sample, _ = measure_guarded(
                             lambda v=variant, w=writers: v.measure(w, args.warmup,
                                                                    args.duration),
-                            server.own_pids(), max_foreign=0.25, retries=1,
-                            may_retry=lambda r=retried: r < 40)
-                        retried += (time.monotonic() - started) * (attempts - 1) / attempts
+                            server.own_pids(), max_foreign=0.25, retries=1, budget=budget)
                         samples.setdefault((variant.name, writers), []).append(sample)
                         console.log(f"{writers:>2} writers  {variant.name:<46}"
                                     f" {sample.rate:>9,.0f} tx/s  other load"

@@ -90,24 +90,61 @@ class ForeignCpu:
             self.cores = max(0.0, foreign / _HZ / seconds) if seconds > 0 else None
 
 
+class RetryBudget:
+    """Seconds that waiting for a quiet machine and retaking disturbed samples may add to a
+    run, shared by all its samples, so that a busy machine cannot stretch a run much."""
+
+    def __init__(self, seconds: float) -> None:
+        self.left = seconds
+
+    def spend(self, seconds: float) -> None:
+        self.left -= seconds
+
+    @property
+    def exhausted(self) -> bool:
+        return self.left <= 0
+
+
+def wait_for_quiet(roots: list[int], max_foreign: float, budget: RetryBudget,
+                   probe: float = 1.0) -> bool:
+    """Waits, out of `budget`, until other work takes at most `max_foreign` cores over a
+    `probe`-second window. False if the budget ran out first."""
+    while not budget.exhausted:
+        started = time.monotonic()
+        with ForeignCpu(roots) as meter:
+            time.sleep(probe)
+        budget.spend(time.monotonic() - started)
+        if meter.cores is None or meter.cores <= max_foreign:
+            return True
+    return False
+
+
 def measure_guarded(
     measure: Callable[[], Sample], roots: list[int], *, max_foreign: float, retries: int,
-    may_retry: Callable[[], bool] = lambda: True,
+    may_retry: Callable[[], bool] = lambda: True, budget: RetryBudget | None = None,
 ) -> tuple[Sample, int]:
-    """Takes a sample; while other work took more than `max_foreign` cores meanwhile, takes
-    it again (at most `retries` more times, and only while `may_retry()`), keeping the least
-    disturbed. Returns the sample (with its foreign load) and the number of attempts."""
+    """Takes a sample; if other work took more than `max_foreign` cores meanwhile, takes it
+    again (at most `retries` more times, and only while `may_retry()`), keeping the least
+    disturbed. With a `budget`, it first waits for the machine to quiet down, and both the
+    waiting and the retakes come out of that budget. Returns the sample kept, with its
+    foreign load, and the number of attempts."""
     best: Sample | None = None
     attempts = 0
     while True:
         attempts += 1
+        started = time.monotonic()
         with ForeignCpu(roots) as meter:
             sample = measure()
+        if attempts > 1 and budget is not None:
+            budget.spend(time.monotonic() - started)
         sample = msgspec.structs.replace(
             sample, foreign_cores=None if meter.cores is None else round(meter.cores, 2))
         if best is None or (sample.foreign_cores or 0) < (best.foreign_cores or 0):
             best = sample
         if (best.foreign_cores or 0) <= max_foreign or attempts > retries or not may_retry():
+            return best, attempts
+        if budget is not None and (
+                budget.exhausted or not wait_for_quiet(roots, max_foreign, budget)):
             return best, attempts
 
 
