@@ -71,6 +71,9 @@ class EmbeddedNats:
             [binary, "-a", "127.0.0.1", "-p", str(port), "-js", "-sd", str(self.store),
              "--ports_file_dir", str(ports_dir)],
             stdout=self._log, stderr=subprocess.STDOUT,
+            # Its own session: a terminal's Ctrl-C reaches `up`, which then stops NATS last,
+            # after the workers that still use it.
+            start_new_session=True,
         )
         self._url = self._wait_for_ports(ports_dir)
 

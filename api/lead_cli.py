@@ -18,9 +18,8 @@ import msgspec
 from api.cli_runtime import cli_settings, data_dir_option, print_json, with_runtime
 from api.runtime import Runtime
 from ledger.errors import LeadNotFound
+from ledger.ingest import NewLead
 from ledger.lead import LeadState
-from ledger.lead_input import normalize_lead
-from schema.commands import CreateLead
 from schema.events import FIELD_NAMES, LeadFields
 from schema.metadata import Actor, EventMetadata
 from schema.vocabularies import DEFAULT_STAGE, LIFECYCLE_STAGES
@@ -93,11 +92,7 @@ def lead_create(
     settings = cli_settings(data_dir)
     lead_id = lead_id or str(uuid.uuid4())
     given = LeadFields(**{k: v for k, v in fields.items() if v is not None})
-    normalized = normalize_lead(given, stage=stage)
-    command = CreateLead(
-        lead_id=lead_id, fields=normalized.fields, stage=normalized.stage or DEFAULT_STAGE,
-        owner=owner, tags=tags,
-    )
+    new = NewLead(lead_id=lead_id, fields=given, stage=stage, owner=owner, tags=tags)
     request_id = str(uuid.uuid4())
     metadata = EventMetadata(
         actor=CLI_ACTOR, source=CLI_SOURCE,
@@ -105,9 +100,11 @@ def lead_create(
     )
 
     async def create(runtime: Runtime) -> LeadView:
-        result = await runtime.commands.execute(workspace, lead_id, command, metadata)
+        quality = await runtime.quality.load(workspace)
+        outcome = await runtime.ingestor.create(workspace, new, metadata, quality)
+        result = outcome.result
         position = result.position.token() if result.position else None
-        return _view(workspace, lead_id, result.state, position)
+        return _view(workspace, result.lead_id, result.state, position)
 
     print_json(with_runtime(settings, create))
 

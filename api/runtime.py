@@ -14,9 +14,12 @@ from api.settings import Settings
 from ledger.crypto import Keyring, parse_master_key
 from ledger.database import open_pool
 from ledger.identity import IdentityHasher
+from ledger.ingest import Ingestor
 from ledger.lead_commands import LeadCommands
 from ledger.migrations import migrate
+from ledger.quality_settings import QualitySettings
 from ledger.store import EventStore
+from projections.candidates import CandidateFinder
 
 
 @dataclass
@@ -28,6 +31,9 @@ class Runtime:
     keyring: Keyring
     store: EventStore
     commands: LeadCommands
+    ingestor: Ingestor
+    """The creation path every interface shares: normalize, validate, dedup, create."""
+    quality: QualitySettings
 
     async def close(self) -> None:
         await self.pool.close()
@@ -41,9 +47,18 @@ async def open_runtime(
     if migrate_first:
         await migrate(database_url)
     pool = await open_pool(database_url, max_size=settings.pool_max_size)
+    return build_runtime(settings, database_url, nats_url, master_key, pool)
+
+
+def build_runtime(
+    settings: Settings, database_url: str, nats_url: str, master_key: str,
+    pool: AsyncConnectionPool,
+) -> Runtime:
+    """Wires everything over a pool (opened or not yet: nothing here does I/O)."""
     master = parse_master_key(master_key)
     keyring = Keyring(master)
     store = EventStore(pool, keyring)
+    commands = LeadCommands(store, IdentityHasher(master))
     return Runtime(
         settings=settings,
         database_url=database_url,
@@ -51,5 +66,7 @@ async def open_runtime(
         pool=pool,
         keyring=keyring,
         store=store,
-        commands=LeadCommands(store, IdentityHasher(master)),
+        commands=commands,
+        ingestor=Ingestor(commands, CandidateFinder(pool)),
+        quality=QualitySettings(pool),
     )

@@ -12,9 +12,6 @@ from api.http.settings import HttpSettings
 from api.http.writes import LeadWriter
 from api.keys import KeyStore
 from api.runtime import Runtime
-from ledger.ingest import Ingestor
-from ledger.quality_settings import QualitySettings
-from projections.candidates import CandidateFinder
 
 
 @dataclass(frozen=True)
@@ -33,9 +30,7 @@ class Services:
             settings=settings,
             keys=KeyStore(runtime.pool),
             writer=LeadWriter(
-                runtime.store, runtime.commands,
-                Ingestor(runtime.commands, CandidateFinder(runtime.pool)),
-                QualitySettings(runtime.pool),
+                runtime.store, runtime.commands, runtime.ingestor, runtime.quality,
             ),
             idempotency=IdempotencyStore(
                 runtime.pool, ttl_s=settings.idempotency_ttl_s, lease_s=settings.idempotency_lease_s

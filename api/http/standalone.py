@@ -21,13 +21,9 @@ from psycopg_pool import AsyncConnectionPool
 from api.app import create_app
 from api.http.settings import HttpSettings, load_http_settings
 from api.logs import configure_logging
-from api.runtime import Runtime
+from api.runtime import Runtime, build_runtime
 from api.settings import Settings, load_settings
-from ledger.crypto import Keyring, parse_master_key
 from ledger.database import _configure, session_options
-from ledger.identity import IdentityHasher
-from ledger.lead_commands import LeadCommands
-from ledger.store import EventStore
 
 Hook = Callable[[Runtime], Awaitable[None]]
 
@@ -40,12 +36,7 @@ def unopened_runtime(settings: Settings, database_url: str, nats_url: str,
         configure=_configure, name="leadledger-http",
         kwargs={"options": session_options(), "application_name": "leadledger-http"},
     )
-    master = parse_master_key(master_key)
-    store = EventStore(pool, Keyring(master))
-    return Runtime(
-        settings=settings, database_url=database_url, nats_url=nats_url, pool=pool,
-        keyring=store.keyring, store=store, commands=LeadCommands(store, IdentityHasher(master)),
-    )
+    return build_runtime(settings, database_url, nats_url, master_key, pool)
 
 
 def self_opening_app(
