@@ -32,6 +32,7 @@ from api.http.problems import FieldError, ProblemError, problem_responses
 from api.http.representations import MAX_PAGE, Lead, Reason
 from api.http.services import Services
 from api.http.versions import read_your_writes
+from ledger.lead import ACTIVE, ARCHIVED
 from ledger.lead_commands import EXACT_SCORE
 from projections.duplicates import NAME as DUPLICATES_PROJECTION
 from projections.duplicates import DuplicateRow, list_queue
@@ -243,7 +244,8 @@ class DuplicatesController(Controller):
 async def _suspected_pair(
     request: Request, services: Services, lead_id: str, other_id: str
 ) -> list[tuple[str, str]]:
-    """The (lead, other) sides on which the ledger records the suspicion; 404 if none."""
+    """The (lead, other) sides on which the ledger records an open suspicion (on a live lead:
+    a merge or an erasure closes it); 404 if none."""
     for lead in (lead_id, other_id):
         require_lead_id(lead)
     workspace = request.user.key.workspace
@@ -251,7 +253,7 @@ async def _suspected_pair(
     sides = []
     for lead, other in ((lead_id, other_id), (other_id, lead_id)):
         state = await commands.load(workspace, lead)
-        if other in state.suspected_duplicates:
+        if state.status in (ACTIVE, ARCHIVED) and other in state.suspected_duplicates:
             sides.append((lead, other))
     if not sides:
         raise ProblemError("not-found", f"no suspected duplicate pair {lead_id} / {other_id} "
