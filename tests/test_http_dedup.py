@@ -11,7 +11,7 @@ import httpx
 import pytest
 from litestar.testing import TestClient
 
-from tests.http_support import *  # noqa: F403
+from tests.http_support import *
 from tests.http_support import Keys, auth, lead_body
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
