@@ -100,7 +100,13 @@ class QueueCursor(msgspec.Struct, frozen=True, array_like=True):
 
 MERGE_BODY = Body(title="Two leads to merge", examples=[Example(
     summary="Merge a duplicate into the original",
-    value={"survivor_id": "0b6f...", "merged_id": "4c1e...", "reason": "Same person"})])
+    value={"survivor_id": "0b6f0c1e-6c1a-4d2e-9a51-3f1c2b7d9e10",
+           "merged_id": "4c1e8f2a-1b3d-4e5f-8a9b-0c1d2e3f4a5b", "reason": "Same person"})])
+PAIR_MERGE_BODY = Body(title="How to merge the pair (optional)", examples=[Example(
+    summary="Keep the other lead", value={"survivor": "4c1e8f2a-1b3d-4e5f-8a9b-0c1d2e3f4a5b",
+                                          "reason": "Same person, older record"})])
+DISMISS_BODY = Body(title="Why (optional)", examples=[Example(
+    summary="Two people", value={"reason": "Namesakes at the same company"})])
 
 
 def _summary(row: tuple[Any, ...] | None) -> LeadSummary | None:
@@ -198,7 +204,8 @@ class DuplicatesController(Controller):
     )
     async def merge_pair(
         self, request: Request, lead_id: LeadId, other_id: LeadId, services: Services,
-        data: PairMerge | None = None, x_reason: ReasonHeader = None,
+        data: Annotated[PairMerge | None, PAIR_MERGE_BODY] = None,
+        x_reason: ReasonHeader = None,
     ) -> Response[Lead]:  # type: ignore[valid-type]
         body = data or PairMerge()
         await _suspected_pair(request, services, lead_id, other_id)
@@ -223,7 +230,8 @@ class DuplicatesController(Controller):
     )
     async def dismiss_pair(
         self, request: Request, lead_id: LeadId, other_id: LeadId, services: Services,
-        data: PairDismissal | None = None, x_reason: ReasonHeader = None,
+        data: Annotated[PairDismissal | None, DISMISS_BODY] = None,
+        x_reason: ReasonHeader = None,
     ) -> Response[Lead]:  # type: ignore[valid-type]
         sides = await _suspected_pair(request, services, lead_id, other_id)
         metadata = write_metadata(request, data.reason if data else None)

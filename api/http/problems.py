@@ -61,7 +61,9 @@ _CATALOGUE = (
                 "The request conflicts with the resource's current state."),
     ProblemType("duplicate-lead", 409, "Duplicate lead",
                 "The lead's identity (email, phone or external id) or a likely match already "
-                "belongs to another lead; `existing_id` names it."),
+                "belongs to another lead: `existing_id` names it, `matched` says what matched, "
+                "`exact` whether it was an identity (true) or a likely match (false), and "
+                "`score` how alike (0–100)."),
     ProblemType("lead-archived", 409, "Lead archived",
                 "The lead is archived and takes no change until it is restored."),
     ProblemType("idempotency-in-flight", 409, "Request in flight",
@@ -75,7 +77,9 @@ _CATALOGUE = (
     ProblemType("unsupported-media-type", 415, "Unsupported media type",
                 "Request bodies must be `application/json`."),
     ProblemType("validation-failed", 422, "Validation failed",
-                "One or more fields are invalid; `errors` names each one and what was expected."),
+                "One or more fields are invalid; `errors` names each one and what was expected "
+                "(for a value outside a controlled vocabulary, every `allowed` value and the "
+                "closest `suggestion`)."),
     ProblemType("idempotency-key-reused", 422, "Idempotency-Key reused",
                 "This Idempotency-Key was already used with a different request."),
     ProblemType("precondition-required", 428, "Precondition required",
