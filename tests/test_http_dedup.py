@@ -96,10 +96,21 @@ async def test_concurrent_creates_of_one_person_make_one_lead(server: str, keys:
             else:
                 assert other.json()["id"] == winner.json()["id"]
                 assert other.json()["merged_into"] == winner.json()["id"]
+        # ten at once under merge, each spelling the address its own way: one lead, nine
+        # merges into it (each changes its email: they contend for it, and all get through)
+        bodies = [person(2, email=f"Alan.Turing+{i}@{'GMAIL' if i % 2 else 'gmail'}.com")
+                  for i in range(10)]
+        answers = await asyncio.gather(*(
+            http.post("/v1/leads?on_duplicate=merge", json=b, headers=auth(keys.sales))
+            for b in bodies))
+        assert sorted(a.status_code for a in answers) == [200] * 9 + [201], [
+            a.text for a in answers if a.status_code not in (200, 201)]
+        assert len({a.json()["id"] for a in answers}) == 1
+        tokens = [a.headers["x-consistency-token"] for a in answers]
+        latest = max(tokens, key=lambda t: tuple(int(x) for x in t.split("-")))
         listed = await http.get("/v1/leads", params={"q": "gmail.com", "limit": 10},
-                                headers=auth(keys.sales, **{"x-consistency-token": other.headers[
-                                    "x-consistency-token"]}))
-        assert len(listed.json()["data"]) == 2  # one lead per round
+                                headers=auth(keys.sales, **{"x-consistency-token": latest}))
+        assert len(listed.json()["data"]) == 3  # one lead per round
 
 
 def test_merge_and_reject_policies(tc: TestClient, keys: Keys) -> None:

@@ -17,6 +17,7 @@ import asyncio
 import random
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
+from typing import TypeVar
 
 import msgspec
 
@@ -24,7 +25,7 @@ from api.http.problems import ProblemError
 from ledger.errors import ConcurrencyError, InvalidValue, LeadNotFound
 from ledger.ingest import CREATED, Ingestor, NewLead
 from ledger.lead import LeadState
-from ledger.lead_commands import CommandResult, LeadCommands
+from ledger.lead_commands import LeadCommands
 from ledger.quality import QualityScore, score_quality
 from ledger.quality_settings import QualityPolicy, QualitySettings, WorkspaceQuality
 from ledger.store import EventStore
@@ -33,6 +34,7 @@ from schema.events import Event
 from schema.metadata import EventMetadata
 from schema.positions import LogPosition
 
+T = TypeVar("T")
 Plan = Callable[[LeadState], Sequence[LeadCommand]]
 """Makes a request's commands from the lead's current state (a PATCH that replaces tags)."""
 
@@ -130,9 +132,11 @@ class LeadWriter:
         with other duplicate candidates (a batch's own items)."""
         quality = await self.quality.load(workspace)
         policy = with_overrides(quality, on_duplicate, on_fuzzy)
-        outcome = await (ingestor or self.ingestor).create(
+        # Many creates of one person at once under `merge` all write to the lead they merge
+        # into: retried as a whole (the create then meets the same duplicate and merges again).
+        outcome = await self._retry_contended(lambda: (ingestor or self.ingestor).create(
             workspace, lead, metadata, quality, policy=policy, event_ids=event_ids
-        )
+        ))
         result = outcome.result
         stamped = await self._stamped(workspace, result.lead_id, result.state, result.events)
         if outcome.outcome == CREATED:
@@ -209,9 +213,9 @@ class LeadWriter:
         )
         return await self._stamped(workspace, survivor_id, survivor.state, survivor.events)
 
-    async def _retry_contended(
-        self, write: Callable[[], Awaitable[tuple[CommandResult, CommandResult]]]
-    ) -> tuple[CommandResult, CommandResult]:
+    @staticmethod
+    async def _retry_contended(write: Callable[[], Awaitable[T]]) -> T:
+        """Rounds of LeadCommands' own bounded retries, for a write without If-Match."""
         for rounds_left in range(CONTENDED_ROUNDS - 1, -1, -1):
             try:
                 return await write()
