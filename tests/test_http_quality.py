@@ -155,6 +155,10 @@ def test_quality_settings(tc: TestClient, keys: Keys) -> None:
     kept = create(tc, keys.sales, lead_body(11, industry="Quantum basket weaving"))
     assert kept["industry"] == "Quantum basket weaving"
     assert "unmapped:industry" in kept["quality"]["problems"]
+    unmapped = tc.get("/v1/quality/problems/unmapped:industry", headers=auth(
+        keys.analyst, **{"x-consistency-token": kept["token"]})).json()["data"]
+    assert [x["id"] for x in unmapped] == [kept["id"]]
+    assert unmapped[0]["quality"] == kept["quality"]
     # ... unless the request says otherwise
     assert_problem(tc.post("/v1/leads?on_duplicate=reject", json=lead_body(10),
                            headers=auth(keys.sales)), 409, "duplicate-lead")
