@@ -256,7 +256,10 @@ def markdown(results: Results, reading: str) -> str:
         " ratios are to the baseline named in the last column. Every writer has its own"
         " connection; async contenders are tasks on one event loop, the peer (synchronous) and"
         " `raw_insert_threads` are one thread per writer. Client CPU is this process's CPU"
-        " time (all threads) per unit, or pgbench's."), "",
+        " time (all threads) per unit, or pgbench's."
+        + (f" The run had niceness {s['niceness']} (so did its PostgreSQL server and pgbench),"
+           " so that other sessions' work on the shared machine disturbed it less."
+           if s.get("niceness") else "")), "",
         "| contender | what | unit | " + " | ".join(writers_label(w) for w in writer_counts)
         + " | client CPU µs/unit (" + "/".join(str(w) for w in writer_counts)
         + " writers) | baseline |",
