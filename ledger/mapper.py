@@ -7,6 +7,7 @@ data key, and replaced on read; when the key is gone they read as REDACTED, neve
 
 from __future__ import annotations
 
+from functools import lru_cache
 from typing import Any
 
 import msgspec
@@ -85,8 +86,16 @@ def _pop_path(data: dict[str, Any], path: str) -> Any:
 
 
 def _set_path(data: dict[str, Any], path: str, value: Any) -> None:
-    *parents, leaf = path.split(".")
+    parents, leaf = _split(path)
     node = data
     for part in parents:
         node = node.setdefault(part, {})
     node[leaf] = value
+
+
+@lru_cache(maxsize=1024)
+def _split(path: str) -> tuple[tuple[str, ...], str]:
+    """A dotted path as (parents, leaf). Cached: a replay sets a handful of distinct paths on
+    every event with personal data."""
+    *parents, leaf = path.split(".")
+    return tuple(parents), leaf

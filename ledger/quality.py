@@ -96,11 +96,25 @@ def _validity(state: LeadState, vocabularies: Mapping[str, Vocabulary], problems
         vocabulary = vocabularies.get(vocab_name)
         if value is None or vocabulary is None:
             continue
-        ok = value in vocabulary.codes
+        ok = value in _codes(vocabulary)
         checks.append(1.0 if ok else 0.0)
         if not ok:
             problems.append(f"unmapped:{field}")
     return sum(checks) / len(checks) if checks else 1.0
+
+
+_CODES: dict[int, tuple[Vocabulary, frozenset[str]]] = {}
+
+
+def _codes(vocabulary: Vocabulary) -> frozenset[str]:
+    """The vocabulary's codes as a set, kept per vocabulary object: every score checks six
+    vocabularies (countries alone have 249 codes), and a replay scores every lead."""
+    entry = _CODES.get(id(vocabulary))
+    if entry is None or entry[0] is not vocabulary:
+        if len(_CODES) >= 256:  # workspaces' own vocabularies come and go: stay bounded
+            _CODES.clear()
+        entry = _CODES[id(vocabulary)] = (vocabulary, frozenset(vocabulary.codes))
+    return entry[1]
 
 
 def _consistency(state: LeadState, problems: list[str]) -> float:
@@ -114,7 +128,7 @@ def _consistency(state: LeadState, problems: list[str]) -> float:
     email, website = _value(state, "email"), _value(state, "website")
     if email and website and "free-mail" not in state.email_reasons and "@" in email:
         email_domain = email.rsplit("@", 1)[1].lower()
-        site = website_domain(website) or ""
+        site = _website_domain(website) or ""
         ok = email_domain == site or email_domain.endswith("." + site)
         checks.append(1.0 if ok else 0.0)
         if not ok:
@@ -128,6 +142,11 @@ def _freshness(updated_at: datetime, now: datetime, problems: list[str]) -> floa
         return 1.0
     problems.append("stale")
     return max(0.0, 1 - (age_days - FRESH_DAYS) / DECAY_DAYS)
+
+
+_website_domain = lru_cache(maxsize=65_536)(website_domain)
+"""Cached: a company's leads share its website, and parsing a URL costs more than the rest of
+the consistency check."""
 
 
 @lru_cache(maxsize=65_536)

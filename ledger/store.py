@@ -88,6 +88,11 @@ SELECT event_position, event_transaction_id, event_version
 FROM ledger_append(%s, %s, %s, %s, %s::uuid[], %s::text[], %s::smallint[], %s::bytea[],
                    %s::bytea[], %s::jsonb, %s::bytea)
 """
+_APPEND_ONE = """
+SELECT event_position, event_transaction_id, event_version
+FROM ledger_append_one(%s, %s, %s, %s, %s::uuid, %s, %s::smallint, %s::bytea, %s::bytea,
+                       %s::jsonb, %s::bytea, %s::text[], %s::bytea[], %s::text[], %s::bytea[])
+"""
 _APPEND_WITH_IDENTITY = """
 SELECT event_position, event_transaction_id, event_version
 FROM ledger_append(%s, %s, %s, %s, %s::uuid[], %s::text[], %s::smallint[], %s::bytea[],
@@ -95,11 +100,11 @@ FROM ledger_append(%s, %s, %s, %s, %s::uuid[], %s::text[], %s::smallint[], %s::b
                    %s::bytea[])
 """
 
-_COLUMNS = """
+_EVENT_COLUMNS = """
 e.position, e.transaction_id, e.event_id::text, e.workspace, e.stream_id, e.version,
-e.event_type, e.schema_version, e.data, e.personal, e.metadata::text, e.recorded_at,
-k.wrapped_key
+e.event_type, e.schema_version, e.data, e.personal, e.metadata::text, e.recorded_at
 """
+_COLUMNS = _EVENT_COLUMNS + ", k.wrapped_key"
 
 _READ_STREAM = f"""
 SELECT {_COLUMNS}
@@ -133,6 +138,32 @@ WHERE e.workspace = %s
   AND e.transaction_id < pg_snapshot_xmin(pg_current_snapshot())::text::bigint
 ORDER BY e.transaction_id, e.position
 LIMIT %s
+"""
+
+# A rebuild's read of one partition of the log: the events of the streams whose id hashes to
+# `index` (of `count` partitions), after one position and up to another, in global order. The
+# upper bound is a position the gap-safe horizon has passed (every transaction up to it has
+# ended), so no snapshot check is needed: nothing can still commit at or below it. The subject
+# keys are read apart (_BATCH_KEYS), for the events with personal data only: joining them to
+# every row costs the server more than the rest of the read.
+_READ_RANGE = f"""
+SELECT {_EVENT_COLUMNS}
+FROM events e
+WHERE (e.transaction_id, e.position) > (%s, %s)
+  AND (e.transaction_id, e.position) <= (%s, %s)
+  AND (hashtext(e.stream_id) & 2147483647) %% %s = %s
+ORDER BY e.transaction_id, e.position
+LIMIT %s
+"""
+# The planner cannot know that the partition filter keeps 1/count of the rows (it guesses far
+# fewer) and would sort the whole log instead of walking the (transaction_id, position) index.
+_RANGE_PLAN = """
+SELECT set_config('enable_seqscan', 'off', true), set_config('enable_bitmapscan', 'off', true),
+       set_config('max_parallel_workers_per_gather', '0', true), set_config('jit', 'off', true)
+"""
+
+_BATCH_KEYS = """
+SELECT subject_id, wrapped_key FROM subject_keys WHERE workspace = %s AND subject_id = ANY(%s)
 """
 
 _HEAD = "SELECT coalesce(max(position), 0) FROM events"
@@ -222,10 +253,20 @@ class EventStore:
             workspace, spec.stream_id, spec.stream_type, spec.expected_version,
             ids, types, versions, data, personal, _encode(metadata).decode(), new_key,
         )
-        query = _APPEND
-        if spec.identity is not None and (spec.identity.release or spec.identity.claim):
+        moves = spec.identity is not None and (spec.identity.release or spec.identity.claim)
+        identity = (
+            (*_key_arrays(spec.identity.release), *_key_arrays(spec.identity.claim))
+            if moves and spec.identity is not None else (None, None, None, None)
+        )
+        if len(ids) == 1:
+            query = _APPEND_ONE
+            params = (*params[:4], ids[0], types[0], versions[0], data[0], personal[0],
+                      *params[9:], *identity)
+        elif moves:
             query = _APPEND_WITH_IDENTITY
-            params += (*_key_arrays(spec.identity.release), *_key_arrays(spec.identity.claim))
+            params += identity
+        else:
+            query = _APPEND
         try:
             cur = await conn.execute(query, params)
             rows = await cur.fetchall()
@@ -318,6 +359,46 @@ class EventStore:
                 rows = await cur.fetchall()
         return [self._record(row) for row in rows]
 
+    async def read_range(
+        self,
+        after: LogPosition,
+        until: LogPosition,
+        limit: int,
+        *,
+        partition: tuple[int, int] = (0, 1),
+        conn: psycopg.AsyncConnection | None = None,
+    ) -> list[RecordedEvent]:
+        """The next events after `after` and up to `until` (inclusive) of the streams in
+        `partition` (index, count: a hash of the stream id splits the streams in `count`), in
+        global order. `until` must be at or below a horizon() already read: this read does not
+        check what is still running. For rebuilds, which split the log by stream."""
+        index, count = partition
+        params = (after.transaction_id, after.position, until.transaction_id, until.position,
+                  count, index, limit)
+        if conn is not None:
+            return await self._read_range(conn, params)
+        async with self.pool.connection() as own:
+            return await self._read_range(own, params)
+
+    async def _read_range(self, conn: psycopg.AsyncConnection, params: tuple) -> list[RecordedEvent]:
+        async with conn.transaction():
+            await conn.execute(_RANGE_PLAN)
+            cur = await conn.execute(_READ_RANGE, params, binary=True)
+            rows = await cur.fetchall()
+            subjects: dict[str, set[str]] = {}
+            for row in rows:
+                if row[9] is not None:
+                    subjects.setdefault(row[3], set()).add(row[4])
+            keys: dict[tuple[str, str], bytes] = {}
+            for workspace, ids in subjects.items():
+                cur = await conn.execute(_BATCH_KEYS, (workspace, list(ids)), binary=True)
+                keys.update(((workspace, sid), wrapped) for sid, wrapped in await cur.fetchall())
+        recorded = self._recorded
+        return [
+            recorded(*row, None if row[9] is None else keys.get((row[3], row[4])))
+            for row in rows
+        ]
+
     async def head(self) -> int:
         """The highest position written (committed or not yet visible to gap-safe readers)."""
         async with self.pool.connection() as conn:
@@ -333,22 +414,23 @@ class EventStore:
         return LogPosition(row[0], row[1]) if row else LogPosition()
 
     def _record(self, row: tuple) -> RecordedEvent:
-        (position, tx, event_id, workspace, stream_id, version, event_type, schema_version,
-         data, personal, metadata, recorded_at, wrapped) = row
-        key = self.keyring.unwrap(workspace, stream_id, wrapped) if wrapped is not None else None
-        event, redacted = from_stored(
-            event_type, schema_version, data, personal, key,
-            event_aad(workspace, stream_id, event_id), self.registry,
-        )
-        return RecordedEvent(
-            position=position,
-            transaction_id=tx,
-            event_id=event_id,
-            workspace=workspace,
-            stream_id=stream_id,
-            version=version,
-            event=event,
-            metadata=_decode_metadata(metadata),
-            recorded_at=recorded_at,
-            redacted=redacted,
-        )
+        return self._recorded(*row)
+
+    def _recorded(
+        self, position: int, tx: int, event_id: str, workspace: str, stream_id: str,
+        version: int, event_type: str, schema_version: int, data: bytes, personal: bytes | None,
+        metadata: str, recorded_at: datetime, wrapped: bytes | None,
+    ) -> RecordedEvent:
+        """One row of _COLUMNS as an event (a replay's hot path: positional on purpose)."""
+        if personal is None:  # no key needed: most events carry no personal data
+            event, redacted = self.registry.decode(event_type, schema_version, data), False
+        else:
+            key = None if wrapped is None else self.keyring.unwrap(workspace, stream_id, wrapped)
+            event, redacted = from_stored(
+                event_type, schema_version, data, personal, key,
+                event_aad(workspace, stream_id, event_id), self.registry,
+            )
+        # Fields in RecordedEvent's order: position, transaction_id, event_id, workspace,
+        # stream_id, version, event, metadata, recorded_at, redacted.
+        return RecordedEvent(position, tx, event_id, workspace, stream_id, version, event,
+                             _decode_metadata(metadata), recorded_at, redacted)

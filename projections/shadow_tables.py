@@ -9,11 +9,14 @@ names, and renamed back to the canonical names when the shadow replaces the live
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import re
 
 import msgspec
 import psycopg
 from psycopg import sql
+from psycopg_pool import AsyncConnectionPool
 
 SUFFIX = "_rebuild"
 _MAX_IDENTIFIER = 63
@@ -57,21 +60,45 @@ async def drop(conn: psycopg.AsyncConnection, shadow: str) -> None:
 
 
 async def build_indexes(
-    conn: psycopg.AsyncConnection, table: str, shadow: str
+    conn: psycopg.AsyncConnection,
+    table: str,
+    shadow: str,
+    *,
+    pool: AsyncConnectionPool | None = None,
+    parallel: int = 1,
 ) -> list[ShadowIndex]:
-    """Gives the filled shadow every index and index-backed constraint of the live table."""
-    built = []
+    """Gives the filled shadow every index and index-backed constraint of the live table.
+
+    Constraints first, on `conn` (ALTER TABLE locks the table exclusively); then the plain
+    indexes, `parallel` at a time on connections of `pool` (CREATE INDEX statements on one table
+    do not block each other, and each one is a single-threaded sort on the server)."""
+    built, indexes = [], []
     cur = await conn.execute(_INDEXES, (table,))
     for name, definition, constraint, constraint_def in await cur.fetchall():
         target = shadow_name(constraint or name)
         if constraint is not None:
-            statement = sql.SQL("ALTER TABLE {} ADD CONSTRAINT {} {}").format(
+            await conn.execute(sql.SQL("ALTER TABLE {} ADD CONSTRAINT {} {}").format(
                 sql.Identifier(shadow), sql.Identifier(target), sql.SQL(constraint_def)
-            )
+            ))
         else:
-            statement = _create_index(definition, shadow, target)
-        await conn.execute(statement)
+            indexes.append(_create_index(definition, shadow, target))
         built.append(ShadowIndex(target, constraint or name))
+    if pool is None or parallel <= 1:
+        for statement in indexes:
+            await conn.execute(statement)
+        return built
+    pending = iter(indexes)
+
+    async def builder(own: psycopg.AsyncConnection | None) -> None:
+        async with contextlib.AsyncExitStack() as stack:
+            if own is None:
+                own = await stack.enter_async_context(pool.connection())
+            for statement in pending:
+                await own.execute(statement)
+
+    async with asyncio.TaskGroup() as group:
+        for own in (conn, *[None] * (parallel - 1)):
+            group.create_task(builder(own))
     return built
 
 

@@ -4,12 +4,15 @@ runner keeps applying, and `--check` reporting every difference from the live mo
 from __future__ import annotations
 
 import asyncio
+import os
 
 import pytest
 
 from ledger.checkpoints import read_checkpoint, set_checkpoint
 from ledger.lease import lock_id
-from projections.rebuild import RebuildBusy, rebuild_leads
+from projections.leads import LeadsProjection
+from projections.rebuild import RebuildBusy, rebuild, rebuild_leads
+from projections.shadow_tables import SUFFIX
 from projections.status import pipeline_status
 from tests.pipeline_support import (
     eventually,
@@ -138,3 +141,35 @@ async def test_status_reports_checkpoints_and_lag(infra, store, pool):
     report = await pipeline_status(store, pool)
     assert report.projections[0].lag_events == 0 and report.relay.lag_events == written
     assert report.head >= report.horizon.position
+
+
+@pytest.mark.parametrize("partitions", [1, 3])
+async def test_any_number_of_partitions_rebuilds_the_same_model(infra, store, pool, partitions):
+    """Partitions split the streams across forked processes; 1 replays in this process."""
+    await write_leads(store, 120)  # some leads archived, restored, erased
+    seen: list[int] = []
+    report = await rebuild_leads(store, pool, partitions=partitions,
+                                 progress=lambda done, total: seen.append(done), batch_size=50)
+    assert report.swapped and report.events == len(await read_ledger(store))
+    assert seen[-1] == report.events and seen == sorted(seen)
+    assert await read_model(pool) == await fresh_fold(store)
+    async with pool.connection() as conn:
+        assert await read_checkpoint(conn, "lead") == report.position
+
+
+async def test_a_failed_partition_fails_the_rebuild_and_leaves_the_model(infra, store, pool):
+    await write_leads(store, 40)
+    await rebuild_leads(store, pool)
+    before = await read_model(pool)
+    parent = os.getpid()
+
+    def shadow_part(part_store):
+        if os.getpid() != parent:
+            raise RuntimeError("partition broke")
+        return LeadsProjection(part_store).shadow(SUFFIX)
+
+    with pytest.raises(RuntimeError, match="partition broke"):
+        await rebuild(LeadsProjection(store), store, pool, check=False, progress=None,
+                      shadow_part=shadow_part, partitions=2)
+    assert await read_model(pool) == before
+    await _catalog(pool)  # no shadow left behind
