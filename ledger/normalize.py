@@ -123,10 +123,13 @@ class NameParts(msgspec.Struct, frozen=True):
 
 
 def split_name(full: str) -> NameParts:
-    name = HumanName(" ".join(full.split()))
+    text = " ".join(full.split())
+    name = HumanName(text)
     if name.first.isupper() or name.first.islower() or name.last.isupper() or name.last.islower():
         name.capitalize(force=True)
     last = " ".join(p for p in (name.middle, name.last) if p) or None
+    if not name.first and not last and text:
+        return NameParts(first_name=text, last_name=None)  # "Dr.", "(Jack)": kept as entered
     return NameParts(first_name=name.first or None, last_name=last)
 
 
@@ -136,14 +139,32 @@ def tidy_name(part: str) -> str:
     if text.islower() or text.isupper():
         name = HumanName(text)
         name.capitalize(force=True)
-        return str(name) or text
+        cased = str(name)
+        # only the case may change: nameparser reorders "doe, john" and "(jack) ryan"
+        return cased if _letters(cased) == _letters(text) else text
     return text
 
 
+def _letters(text: str) -> str:
+    return "".join(ch for ch in text.casefold() if ch.isalnum())
+
+
 def company_match_key(company: str) -> str:
-    """Legal suffixes and punctuation removed, lowercased: "Acme, Inc." and "ACME" match."""
-    cleaned = basename(" ".join(company.split()))
-    return "".join(ch for ch in cleaned.lower() if ch.isalnum() or ch == " ").strip()
+    """Legal suffixes and punctuation removed, lowercased: "Acme, Inc." and "ACME" match.
+
+    Suffixes are removed until none is left ("Foo Co. Ltd." → "foo"); a name that is nothing
+    but a suffix ("LLC") keeps it, so that it never matches every other such name."""
+    text = " ".join(company.split())
+    key = _key_chars(basename(text).lower()) or _key_chars(text.lower())
+    while True:
+        cleaned = _key_chars(basename(key).lower())
+        if not cleaned or cleaned == key:
+            return key
+        key = cleaned
+
+
+def _key_chars(text: str) -> str:
+    return " ".join("".join(ch for ch in text if ch.isalnum() or ch.isspace()).split())
 
 
 def website_domain(website: str) -> str | None:
@@ -152,8 +173,12 @@ def website_domain(website: str) -> str | None:
         return None
     if "//" not in text:
         text = "http://" + text
-    host = (urlsplit(text).hostname or "").lower().rstrip(".")
-    host = host.removeprefix("www.")
+    try:
+        host = (urlsplit(text).hostname or "").lower().rstrip(".")
+    except ValueError:  # "http://[": not a URL
+        return None
+    while host.startswith("www."):
+        host = host.removeprefix("www.")
     try:
         return host.encode("idna").decode() if host else None
     except UnicodeError:

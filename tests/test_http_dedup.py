@@ -5,6 +5,7 @@ themselves, merging leads, and the duplicate review queue resolved by merge and 
 from __future__ import annotations
 
 import asyncio
+import collections
 from typing import Any
 
 import httpx
@@ -111,6 +112,52 @@ async def test_concurrent_creates_of_one_person_make_one_lead(server: str, keys:
         listed = await http.get("/v1/leads", params={"q": "gmail.com", "limit": 10},
                                 headers=auth(keys.sales, **{"x-consistency-token": latest}))
         assert len(listed.json()["data"]) == 3  # one lead per round
+
+
+async def test_twenty_concurrent_creates_of_one_person_make_one_lead(
+    server: str, keys: Keys
+) -> None:
+    """The acceptance's concurrency test: 20 creates at once of the same person (exact identity
+    match), each spelling the address its own way (case, Gmail dots, +tags, googlemail): one
+    lead under reject (one 201, nineteen 409 naming it) and under merge (one 201, nineteen 200
+    merged into it), and the read model lists exactly that one lead."""
+    limits = httpx.Limits(max_connections=64, max_keepalive_connections=64)
+    async with httpx.AsyncClient(base_url=server, timeout=60, limits=limits) as http:
+        for n, (policy, loser) in ((10, ("reject", 409)), (11, ("merge", 200))):
+            first, last, _ = PEOPLE[n]
+            spellings = [
+                f"{first}.{last}+{i}@GMAIL.com" if i % 4 == 0
+                else f"{'.'.join(first.lower())}{last}@gmail.com" if i % 4 == 1
+                else f"{first.upper()}{last.upper()}+crm{i}@googlemail.com" if i % 4 == 2
+                else f"  {first.lower()}.{last.lower()}@Gmail.Com "
+                for i in range(20)]
+            answers = await asyncio.gather(*(
+                http.post(f"/v1/leads?on_duplicate={policy}", json=person(n, email=email),
+                          headers=auth(keys.sales))
+                for email in spellings))
+            codes = collections.Counter(a.status_code for a in answers)
+            assert codes == {201: 1, loser: 19}, (policy, [
+                a.text for a in answers if a.status_code not in (201, loser)])
+            winner = next(a for a in answers if a.status_code == 201).json()
+            for other in (a for a in answers if a.status_code == loser):
+                body = other.json()
+                if loser == 409:
+                    assert other.headers["content-type"].startswith(PROBLEM)
+                    assert body["type"] == "/problems/duplicate-lead"
+                    assert body["existing_id"] == winner["id"] and body["exact"] is True
+                else:
+                    assert body["id"] == body["merged_into"] == winner["id"]
+            tokens = [a.headers["x-consistency-token"] for a in answers
+                      if "x-consistency-token" in a.headers]
+            latest = max(tokens, key=lambda t: tuple(int(x) for x in t.split("-")))
+            listed = await http.get("/v1/leads", params={"q": last, "limit": 50}, headers=auth(
+                keys.sales, **{"x-consistency-token": latest}))
+            assert listed.status_code == 200, listed.text
+            assert [lead["id"] for lead in listed.json()["data"]] == [winner["id"]], policy
+            history = (await http.get(f"/v1/leads/{winner['id']}/history",
+                                      params={"limit": 1000}, headers=auth(keys.sales))).json()
+            created_events = [e for e in history["data"] if e["type"] == "LeadCreated"]
+            assert len(created_events) == 1
 
 
 def test_merge_and_reject_policies(tc: TestClient, keys: Keys) -> None:
