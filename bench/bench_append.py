@@ -1,6 +1,6 @@
 """Append throughput: leadledger's EventStore.append against raw inserts, pgbench and a peer.
 
-    python -m bench.bench_append            # from the repository root; ~5 minutes
+    python -m bench.bench_append            # from the repository root; 5 to 6 minutes
 
 One run starts an embedded PostgreSQL in a temp dir (or uses LEADLEDGER_BENCH_DATABASE_URL),
 then, at each number of concurrent writers, measures every contender `--repeat` times,
@@ -376,6 +376,8 @@ def main(argv: list[str] | None = None) -> int:
         settings={"writers": writer_counts, "repeat": args.repeat, "warmup": args.warmup,
                   "duration": args.duration, "batch": BATCH, "max_foreign_cores":
                   args.max_foreign, "retries": args.retries, "niceness": os.nice(0),
+                  "stored_bytes_per_append": {"single": row_template(1).payload_bytes,
+                                              f"batch{BATCH}": row_template(BATCH).payload_bytes},
                   "targets":
                   {"ledger/raw": RAW_TARGET, "ledger/peer@max_writers": PEER_TARGET}},
         machine=machine, figures=figures, comparisons=comparisons,
