@@ -395,8 +395,7 @@ class EventStore:
                 keys.update(((workspace, sid), wrapped) for sid, wrapped in await cur.fetchall())
         recorded = self._recorded
         return [
-            recorded(*row, None if row[9] is None else keys.get((row[3], row[4])))
-            for row in rows
+            recorded(row, None if row[9] is None else keys.get((row[3], row[4]))) for row in rows
         ]
 
     async def head(self) -> int:
@@ -414,14 +413,13 @@ class EventStore:
         return LogPosition(row[0], row[1]) if row else LogPosition()
 
     def _record(self, row: tuple) -> RecordedEvent:
-        return self._recorded(*row)
+        return self._recorded(row, row[12])
 
-    def _recorded(
-        self, position: int, tx: int, event_id: str, workspace: str, stream_id: str,
-        version: int, event_type: str, schema_version: int, data: bytes, personal: bytes | None,
-        metadata: str, recorded_at: datetime, wrapped: bytes | None,
-    ) -> RecordedEvent:
-        """One row of _COLUMNS as an event (a replay's hot path: positional on purpose)."""
+    def _recorded(self, row: tuple, wrapped: bytes | None) -> RecordedEvent:
+        """A row of _EVENT_COLUMNS (and maybe more) as an event, with the subject's wrapped key
+        (a replay's hot path)."""
+        (position, tx, event_id, workspace, stream_id, version, event_type, schema_version,
+         data, personal, metadata, recorded_at, *_) = row
         if personal is None:  # no key needed: most events carry no personal data
             event, redacted = self.registry.decode(event_type, schema_version, data), False
         else:
