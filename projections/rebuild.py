@@ -127,8 +127,9 @@ async def rebuild(
     partitions: int = 1,
 ) -> RebuildReport:
     """Rebuilds `projection` into its shadow and swaps it in (or, `check`, compares). With
-    `shadow_part` (for a projection whose rows each depend on one stream's events) and
-    `partitions` > 1, the replay is split by stream across that many processes."""
+    `shadow_part` (for a projection whose rows each depend on one stream's events), the replay
+    reads up to the horizon fixed at the start, split by stream across `partitions` processes
+    (this one and forked ones); without, it reads the gap-safe log as it goes."""
     started = time.monotonic()
     shadow = projection.shadow(shadow_tables.SUFFIX)
     async with (
@@ -143,8 +144,8 @@ async def rebuild(
             with _relaxed_gc():
                 replay = _Replay(store, shadow, conn, pool, batch_size, progress)
                 live_name = projection.name if check else None
-                if shadow_part is not None and partitions > 1:
-                    await replay.run_partitioned(shadow_part, partitions, live_name)
+                if shadow_part is not None:
+                    await replay.run_partitioned(shadow_part, max(1, partitions), live_name)
                 else:
                     await replay.run(live_name)
             indexes = [
@@ -246,8 +247,8 @@ class _Replay:
         self, shadow_part: ShadowPart, partitions: int, live_name: str | None
     ) -> None:
         """Replays up to the horizon as of now (or, check mode, the live checkpoint if that is
-        before it), partition 0 here and the others in forked processes; then leaves the shadow
-        in its row-by-row mode for the tail."""
+        before it), partition 0 here and the others (if any) in forked processes; then leaves
+        the shadow in its row-by-row mode for the tail."""
         self.total = await self.store.head()
         until = await self.store.horizon()
         if live_name is not None:
@@ -274,9 +275,11 @@ class _Replay:
             await self.shadow.flush(self.conn)  # holds nothing: the partitions wrote the rows
 
     async def _partition(self, shadow: Projection, partitions: int, until: LogPosition) -> None:
-        async with self.pool.connection() as reader:
+        # Connections of its own: if a failure elsewhere cancels this mid-query, the pool
+        # discards them, and the rebuild's connection can still drop the shadow.
+        async with self.pool.connection() as reader, self.pool.connection() as writer:
             await replay_partition(self.store, shadow, (0, partitions), until, self.batch_size,
-                                   reader, self.conn, self._done)
+                                   reader, writer, self._done)
 
     async def _checkpoint(self, name: str) -> LogPosition:
         async with self.pool.connection() as conn:

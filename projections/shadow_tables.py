@@ -10,7 +10,6 @@ names, and renamed back to the canonical names when the shadow replaces the live
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import re
 
 import msgspec
@@ -71,7 +70,8 @@ async def build_indexes(
 
     Constraints first, on `conn` (ALTER TABLE locks the table exclusively); then the plain
     indexes, `parallel` at a time on connections of `pool` (CREATE INDEX statements on one table
-    do not block each other, and each one is a single-threaded sort on the server)."""
+    do not block each other, and each one is a single-threaded sort on the server). If one
+    fails, the others are cancelled: the pool discards their connections, `conn` stays usable."""
     built, indexes = [], []
     cur = await conn.execute(_INDEXES, (table,))
     for name, definition, constraint, constraint_def in await cur.fetchall():
@@ -89,16 +89,17 @@ async def build_indexes(
         return built
     pending = iter(indexes)
 
-    async def builder(own: psycopg.AsyncConnection | None) -> None:
-        async with contextlib.AsyncExitStack() as stack:
-            if own is None:
-                own = await stack.enter_async_context(pool.connection())
+    async def builder() -> None:
+        async with pool.connection() as own:
             for statement in pending:
                 await own.execute(statement)
 
-    async with asyncio.TaskGroup() as group:
-        for own in (conn, *[None] * (parallel - 1)):
-            group.create_task(builder(own))
+    try:
+        async with asyncio.TaskGroup() as group:
+            for _ in range(parallel):
+                group.create_task(builder())
+    except BaseExceptionGroup as failed:
+        raise failed.exceptions[0] from None  # the first failure, as a sequential build raises
     return built
 
 
