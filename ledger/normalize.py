@@ -134,14 +134,27 @@ def split_name(full: str) -> NameParts:
 
 
 def tidy_name(part: str) -> str:
-    """Cases a single name part written all-lower or all-upper; leaves mixed case alone."""
+    """Cases a single name part written all-lower or all-upper; leaves mixed case alone.
+
+    Applied until it settles, so that tidying a tidied name changes nothing (nameparser's casing
+    of odd input can itself come out all-lower or all-upper)."""
+    text = _tidy_once(part)
+    for _ in range(4):
+        again = _tidy_once(text)
+        if again == text:
+            return text
+        text = again
+    return text
+
+
+def _tidy_once(part: str) -> str:
     text = " ".join(part.split())
     if text.islower() or text.isupper():
         name = HumanName(text)
         name.capitalize(force=True)
         cased = str(name)
         # only the case may change: nameparser reorders "doe, john" and "(jack) ryan"
-        return cased if _letters(cased) == _letters(text) else text
+        return cased if cased.casefold().split() == text.casefold().split() else text
     return text
 
 
