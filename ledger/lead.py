@@ -14,6 +14,7 @@ The lead's invariants live here and nowhere else:
 from __future__ import annotations
 
 import re
+from datetime import datetime
 from typing import assert_never
 
 import msgspec
@@ -32,6 +33,7 @@ from schema.commands import (
     AddNote,
     ArchiveLead,
     AssignOwner,
+    ChangeLeadAttributes,
     ChangeLeadFields,
     ChangeStage,
     CreateLead,
@@ -39,7 +41,9 @@ from schema.commands import (
     EraseLead,
     LeadCommand,
     MarkMergedInto,
+    RecordActivity,
     RecordEmailBounce,
+    RecordScore,
     RestoreLead,
     SuspectDuplicate,
     TagLead,
@@ -47,8 +51,11 @@ from schema.commands import (
 )
 from schema.events import (
     FIELD_NAMES,
+    AttributeValue,
     Event,
+    LeadActivityRecorded,
     LeadArchived,
+    LeadAttributesChanged,
     LeadCreated,
     LeadDuplicateDismissed,
     LeadDuplicateSuspected,
@@ -63,11 +70,12 @@ from schema.events import (
     LeadNoteAdded,
     LeadOwnerAssigned,
     LeadRestored,
+    LeadScored,
     LeadStageChanged,
     LeadTagged,
     LeadUntagged,
 )
-from schema.vocabularies import LIFECYCLE_STAGES
+from schema.vocabularies import ACTIVITY_KINDS, LIFECYCLE_STAGES
 
 TAG_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_:.\-]{0,63}$")
 MAX_TAGS = 100
@@ -91,6 +99,15 @@ class LeadState(msgspec.Struct, frozen=True, kw_only=True):
     quarantined: bool = False
     suspected_duplicates: tuple[str, ...] = ()
     merged_from: tuple[str, ...] = ()
+    attributes: dict[str, AttributeValue] = {}
+    """Custom attribute values, personal ones included (plaintext here, never in the ledger)."""
+    activity_count: int = 0
+    last_activity_at: datetime | None = None
+    score: float | None = None
+    score_band: str | None = None
+    score_model: str | None = None
+    """`<model id>@<version>` of the model behind `score`."""
+    score_digest: str | None = None
 
 
 INITIAL = LeadState()
@@ -165,6 +182,21 @@ def evolve(state: LeadState, event: Event) -> LeadState:
                     d for d in state.suspected_duplicates if d != event.other_id
                 ),
             )
+        case LeadAttributesChanged():
+            return msgspec.structs.replace(
+                state, version=version, attributes=_with_attributes(state.attributes, event),
+            )
+        case LeadActivityRecorded():
+            last = state.last_activity_at
+            return msgspec.structs.replace(
+                state, version=version, activity_count=state.activity_count + 1,
+                last_activity_at=event.occurred_at if last is None else max(last, event.occurred_at),
+            )
+        case LeadScored():
+            return msgspec.structs.replace(
+                state, version=version, score=event.score, score_band=event.band,
+                score_model=f"{event.model_id}@{event.model_version}", score_digest=event.digest,
+            )
         case LeadErased():
             return LeadState(lead_id=state.lead_id, version=version, status=ERASED)
         case _:
@@ -237,6 +269,14 @@ def decide(state: LeadState, command: LeadCommand) -> list[LeadEvent]:
             if command.other_id not in state.suspected_duplicates:
                 return []
             return [LeadDuplicateDismissed(other_id=command.other_id)]
+        case ChangeLeadAttributes():
+            return _attributes_changed(state.attributes, command.values, command.personal_values)
+        case RecordActivity():
+            return [_activity(command)]
+        case RecordScore():
+            if command.digest and command.digest == state.score_digest:
+                return []
+            return [LeadScored(**msgspec.structs.asdict(command))]
         case _:
             assert_never(command)
 
@@ -254,7 +294,48 @@ def _create(state: LeadState, command: CreateLead) -> list[LeadEvent]:
         lead_id=command.lead_id, fields=fields, stage=_valid_stage(command.stage),
         owner=command.owner, tags=tags,
     )
-    return [created, *_email_checked(fields.email)]
+    attributes = _attributes_changed({}, command.attributes, command.personal_attributes)
+    return [created, *_email_checked(fields.email), *attributes]
+
+
+def _attributes_changed(
+    current: dict[str, AttributeValue],
+    values: dict[str, AttributeValue],
+    personal_values: dict[str, AttributeValue],
+) -> list[LeadEvent]:
+    """Only the attributes whose value actually changes; clearing an absent one is no change."""
+    changed = {k: v for k, v in values.items() if current.get(k) != v}
+    personal = {k: v for k, v in personal_values.items() if current.get(k) != v}
+    if not changed and not personal:
+        return []
+    return [LeadAttributesChanged(values=changed, personal_values=personal)]
+
+
+def _with_attributes(
+    current: dict[str, AttributeValue], event: LeadAttributesChanged
+) -> dict[str, AttributeValue]:
+    merged = dict(current)
+    # A string is the redaction marker: the lead's key is gone, and its personal values with it.
+    personal = event.personal_values if isinstance(event.personal_values, dict) else {}
+    for name, value in (*event.values.items(), *personal.items()):
+        if value is None:
+            merged.pop(name, None)
+        else:
+            merged[name] = value
+    return merged
+
+
+def _activity(command: RecordActivity) -> LeadActivityRecorded:
+    if command.kind not in ACTIVITY_KINDS:
+        raise InvalidValue("kind", f"{command.kind!r} is not one of {', '.join(ACTIVITY_KINDS)}")
+    if command.kind == "custom" and not (command.name or "").strip():
+        raise InvalidValue("name", "a custom activity needs a name")
+    if command.occurred_at.tzinfo is None:
+        raise InvalidValue("occurred_at", "occurred_at needs a time zone (e.g. Z or +02:00)")
+    return LeadActivityRecorded(
+        activity_id=command.activity_id, kind=command.kind, occurred_at=command.occurred_at,
+        name=command.name, properties=dict(command.properties),
+    )
 
 
 def _email_checked(email: object) -> list[LeadEvent]:
@@ -292,8 +373,11 @@ def _require_live(state: LeadState, command: LeadCommand) -> None:
         raise LeadGone(f"lead {state.lead_id} was erased")
     if state.status == MERGED and not isinstance(command, EraseLead):
         raise LeadGone(f"lead {state.lead_id} was merged into {state.merged_into}")
+    # Facts about the person (bounces, activities) and the processors' scores still arrive
+    # for an archived lead; what people edit waits for a restore.
     allowed_when_archived = (
-        RestoreLead, ArchiveLead, MarkMergedInto, EraseLead, RecordEmailBounce, DismissDuplicate
+        RestoreLead, ArchiveLead, MarkMergedInto, EraseLead, RecordEmailBounce, DismissDuplicate,
+        RecordActivity, RecordScore,
     )
     if state.status == ARCHIVED and not isinstance(command, allowed_when_archived):
         raise LeadArchivedError(f"lead {state.lead_id} is archived; restore it first")

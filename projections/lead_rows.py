@@ -61,8 +61,20 @@ class LeadRow(msgspec.Struct, frozen=True):
     quality_validity: float | None
     quality_consistency: float | None
     quality_problems: list[str] | None
+    attributes: dict[str, Any]
+    activity_count: int
+    last_activity_at: datetime | None
+    score: float | None
+    score_band: str | None
+    score_model: str | None
+    score_digest: str | None
 
 
+STATE_TAIL_COLUMNS = (
+    "attributes", "activity_count", "last_activity_at", "score", "score_band", "score_model",
+    "score_digest",
+)
+"""Parts of the lead's state added after the quality columns (migration 0015)."""
 QUALITY_COLUMNS = (
     "quality_score", "quality_completeness", "quality_validity", "quality_consistency",
     "quality_problems",
@@ -77,7 +89,7 @@ assert COLUMNS[:_FIELDS_AT] == ("workspace", "lead_id", "version", "status")
 assert COLUMNS[_FIELDS_AT + len(FIELD_NAMES):] == (
     "stage", "owner", "tags", "notes_count", "merged_into", "merged_from", "email_status",
     "email_reasons", "quarantined", "suspected_duplicates", "created_at", "updated_at",
-    *QUALITY_COLUMNS,
+    *QUALITY_COLUMNS, *STATE_TAIL_COLUMNS,
 )
 assert set(COLUMNS) == (
     {"workspace", "created_at", "updated_at", *FIELD_NAMES, *LeadState.__struct_fields__,
@@ -90,6 +102,8 @@ PG_TYPES_BY_COLUMN = {
     **dict.fromkeys(LIST_COLUMNS, "text[]"),
     "quality_score": "int4", "quality_completeness": "float8", "quality_validity": "float8",
     "quality_consistency": "float8", "quality_problems": "text[]",
+    "attributes": "jsonb", "activity_count": "int4", "last_activity_at": "timestamptz",
+    "score": "float8",
 }
 COPY_TYPES = [PG_TYPES_BY_COLUMN.get(column, "text") for column in COLUMNS]
 
@@ -123,6 +137,13 @@ def state_from_row(row: LeadRow) -> LeadState:
         email_reasons=tuple(row.email_reasons),
         quarantined=row.quarantined,
         suspected_duplicates=tuple(row.suspected_duplicates),
+        attributes=row.attributes,
+        activity_count=row.activity_count,
+        last_activity_at=row.last_activity_at,
+        score=row.score,
+        score_band=row.score_band,
+        score_model=row.score_model,
+        score_digest=row.score_digest,
     )
 
 
@@ -147,7 +168,9 @@ def row_values(
         list(state.merged_from), state.email_status, list(state.email_reasons),
         state.quarantined, list(state.suspected_duplicates), created_at, updated_at,
         quality.score, quality.completeness, quality.validity, quality.consistency,
-        list(quality.problems),
+        list(quality.problems), state.attributes, state.activity_count,
+        state.last_activity_at, state.score, state.score_band, state.score_model,
+        state.score_digest,
     )
 
 

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from datetime import datetime
+
 import msgspec
 
-from schema.events import LeadFields
+from schema.events import AttributeValue, LeadFields, RuleContribution
 
 
 class CreateLead(msgspec.Struct, kw_only=True, frozen=True):
@@ -13,10 +15,43 @@ class CreateLead(msgspec.Struct, kw_only=True, frozen=True):
     stage: str
     owner: str | None = None
     tags: tuple[str, ...] = ()
+    attributes: dict[str, AttributeValue] = {}
+    """Custom attribute values, already validated against the workspace's definitions."""
+    personal_attributes: dict[str, AttributeValue] = {}
 
 
 class ChangeLeadFields(msgspec.Struct, kw_only=True, frozen=True):
     changes: LeadFields
+
+
+class ChangeLeadAttributes(msgspec.Struct, kw_only=True, frozen=True):
+    """Set (or clear, with None) custom attribute values, validated against the definitions;
+    personal attributes go in `personal_values`."""
+
+    values: dict[str, AttributeValue] = {}
+    personal_values: dict[str, AttributeValue] = {}
+
+
+class RecordActivity(msgspec.Struct, kw_only=True, frozen=True):
+    activity_id: str
+    kind: str
+    occurred_at: datetime
+    name: str | None = None
+    properties: dict[str, str] = {}
+
+
+class RecordScore(msgspec.Struct, kw_only=True, frozen=True):
+    """From the scoring processor: the lead's score under a model, caused by `cause_event_id`."""
+
+    model_id: str
+    model_version: int
+    score: float
+    band: str | None = None
+    contributions: tuple[RuleContribution, ...] = ()
+    observed: str = "{}"
+    cause_event_id: str | None = None
+    cause_type: str | None = None
+    digest: str = ""
 
 
 class TagLead(msgspec.Struct, kw_only=True, frozen=True):
@@ -98,4 +133,7 @@ LeadCommand = (
     | AbsorbLead
     | SuspectDuplicate
     | DismissDuplicate
+    | ChangeLeadAttributes
+    | RecordActivity
+    | RecordScore
 )

@@ -7,6 +7,7 @@ the past tense; they carry only what changed, never derived state.
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import ClassVar
 
 import msgspec
@@ -164,6 +165,67 @@ class LeadDuplicateDismissed(Event, frozen=True):
     other_id: str
 
 
+AttributeValue = str | int | float | bool | list[str] | None
+"""A custom attribute's value as stored: dates and datetimes as ISO 8601 text, None clears."""
+
+
+class LeadAttributesChanged(Event, frozen=True):
+    """Custom attribute values set or cleared (None), validated against the workspace's
+    definitions when written. Values of personal attributes travel in `personal_values`,
+    encrypted like the standard personal fields; once the lead's key is destroyed that whole
+    map reads as the redaction marker (a string)."""
+
+    event_type: ClassVar[str] = "LeadAttributesChanged"
+    personal: ClassVar[tuple[str, ...]] = ("personal_values",)
+
+    values: dict[str, AttributeValue] = {}
+    personal_values: dict[str, AttributeValue] | str = {}
+
+
+class LeadActivityRecorded(Event, frozen=True):
+    """A behavioural signal: something the person did, when they did it (`occurred_at`, which
+    may be earlier than the event's own recorded time). `kind` is one of ACTIVITY_KINDS;
+    `name` names a custom activity."""
+
+    event_type: ClassVar[str] = "LeadActivityRecorded"
+
+    activity_id: str
+    kind: str
+    occurred_at: datetime
+    name: str | None = None
+    properties: dict[str, str] = {}
+
+
+class RuleContribution(msgspec.Struct, frozen=True, kw_only=True):
+    """What one rule of a scoring model gave a lead: `points` when it matched (0 otherwise, or
+    when it failed: `error` says why)."""
+
+    rule: str
+    points: float
+    matched: bool
+    error: str | None = None
+
+
+class LeadScored(Event, frozen=True):
+    """The lead's score under the workspace's active model, appended by the scoring processor
+    only when the total or the decomposition changes. `observed` is the JSON of the values each
+    rule saw (rule name -> {reference: value}); they may be personal, so it is encrypted."""
+
+    event_type: ClassVar[str] = "LeadScored"
+    personal: ClassVar[tuple[str, ...]] = ("observed",)
+
+    model_id: str
+    model_version: int
+    score: float
+    band: str | None = None
+    contributions: tuple[RuleContribution, ...] = ()
+    observed: str = "{}"
+    cause_event_id: str | None = None
+    cause_type: str | None = None
+    digest: str = ""
+    """A fingerprint of (model, score, band, contributions): equal digests, nothing new."""
+
+
 class LeadErased(Event, frozen=True):
     """Tombstone: the person asked to be forgotten. Carries no personal data by design."""
 
@@ -186,6 +248,9 @@ LeadEvent = (
     | LeadMerged
     | LeadDuplicateSuspected
     | LeadDuplicateDismissed
+    | LeadAttributesChanged
+    | LeadActivityRecorded
+    | LeadScored
     | LeadErased
 )
 
@@ -205,5 +270,8 @@ LEAD_EVENT_TYPES: tuple[type[Event], ...] = (
     LeadMerged,
     LeadDuplicateSuspected,
     LeadDuplicateDismissed,
+    LeadAttributesChanged,
+    LeadActivityRecorded,
+    LeadScored,
     LeadErased,
 )

@@ -31,6 +31,19 @@ LEAD_SOURCES: Final = (
     "other",
 )
 
+ACTIVITY_KINDS: Final = (
+    "page_view",
+    "form_submit",
+    "email_open",
+    "email_click",
+    "demo_request",
+    "meeting",
+    "call",
+    "product_signup",
+    "custom",
+)
+"""Behavioural signals a lead's activities are recorded as (`custom` carries its own name)."""
+
 CHANNELS: Final = ("api", "import", "processor", "mcp", "cli")
 """Through what a change entered the ledger (the `source` of an event's metadata)."""
 

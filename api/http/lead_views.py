@@ -45,7 +45,9 @@ def lead_of_state(result: WriteResult) -> Any:
         merged_into=result.merged_into or state.merged_into, merged_from=list(state.merged_from),
         email_status=state.email_status, email_reasons=list(state.email_reasons),
         quarantined=state.quarantined, suspected_duplicates=list(state.suspected_duplicates),
-        quality=quality_view(result.quality),
+        quality=quality_view(result.quality), attributes=dict(state.attributes),
+        score=state.score, score_band=state.score_band, score_model=state.score_model,
+        activity_count=state.activity_count, last_activity_at=state.last_activity_at,
         created_at=result.created_at, updated_at=result.updated_at,
     )
     return lead_from_values(values)

@@ -186,6 +186,19 @@ def _lead() -> type[msgspec.Struct]:
             description="Leads this one is suspected to duplicate (see /v1/duplicates).")],
          msgspec.field(default_factory=list)),
         ("quality", Annotated[Quality | None, Meta(description="Data quality.")], None),
+        ("attributes", Annotated[dict[str, Any], Meta(
+            description="Custom attribute values (see /v1/attributes).")],
+         msgspec.field(default_factory=dict)),
+        ("score", Annotated[float | None, Meta(
+            description="The lead's score under the workspace's active model (see GET "
+            "/v1/leads/{id}/score); null until scored.")], None),
+        ("score_band", Annotated[str | None, Meta(description="The score's band, e.g. A.")],
+         None),
+        ("score_model", Annotated[str | None, Meta(
+            description="`<model id>@<version>` of the model behind the score.")], None),
+        ("activity_count", Annotated[int, Meta(description="Activities recorded.")], 0),
+        ("last_activity_at", Annotated[datetime | None, Meta(
+            description="When the latest activity occurred.")], None),
         ("created_at", Annotated[datetime, Meta(description="When the ledger recorded the "
                                                 "lead's creation.")], msgspec.NODEFAULT),
         ("updated_at", Annotated[datetime, Meta(description="When the ledger recorded the "
