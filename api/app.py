@@ -21,6 +21,7 @@ from litestar.openapi.plugins import ScalarRenderPlugin, SwaggerRenderPlugin
 from litestar.openapi.spec import Components, SecurityScheme, Tag
 
 from api.http.access import AccessMiddleware
+from api.http.attributes import AttributesController
 from api.http.batch import BatchController
 from api.http.bounces import BounceController
 from api.http.context import RequestContextMiddleware
@@ -72,7 +73,7 @@ def create_app(runtime: Runtime, settings: HttpSettings | None = None) -> Litest
             LeadController, HistoryController, NotesController, TagsController,
             EventsController, WorkspaceController, KeysController, HealthController,
             MergeController, DuplicatesController, BounceController, QualityController,
-            VocabulariesController,
+            VocabulariesController, AttributesController,
         ],
         request_max_body_size=settings.max_body_bytes,
     )
@@ -122,6 +123,9 @@ def create_app(runtime: Runtime, settings: HttpSettings | None = None) -> Litest
                     "fields)."),
                 Tag(name="vocabularies", description="Controlled vocabularies with synonyms, "
                     "built-in and the workspace's own."),
+                Tag(name="attributes", description="Custom attributes: the workspace's "
+                    "definitions of its leads' extra fields, versioned, and the stored values a "
+                    "change no longer fits."),
                 Tag(name="events", description="The ledger as a change feed."),
                 Tag(name="workspace", description="The workspace's policy and API keys."),
                 Tag(name="operations", description="Health, readiness, problem types."),

@@ -12,6 +12,7 @@ from api.http.settings import HttpSettings
 from api.http.writes import LeadWriter
 from api.keys import KeyStore
 from api.runtime import Runtime
+from ledger.attribute_definitions import AttributeDefinitions
 
 
 @dataclass(frozen=True)
@@ -22,6 +23,7 @@ class Services:
     writer: LeadWriter
     idempotency: IdempotencyStore
     limiter: RateLimiter
+    attributes: AttributeDefinitions
 
     @classmethod
     def build(cls, runtime: Runtime, settings: HttpSettings) -> Services:
@@ -36,6 +38,7 @@ class Services:
                 runtime.pool, ttl_s=settings.idempotency_ttl_s, lease_s=settings.idempotency_lease_s
             ),
             limiter=RateLimiter(),
+            attributes=AttributeDefinitions(runtime.pool),
         )
 
 
