@@ -23,8 +23,14 @@ from ledger.fuzzy import Match, Person, likely_duplicates
 from ledger.lead_commands import FLAG, RAISE, CommandResult, LeadCommands
 from ledger.lead_input import normalize_lead
 from ledger.quality_settings import QualityPolicy, WorkspaceQuality
-from schema.commands import ChangeLeadFields, CreateLead, SuspectDuplicate, TagLead
-from schema.events import FIELD_NAMES, LeadFields
+from schema.commands import (
+    ChangeLeadAttributes,
+    ChangeLeadFields,
+    CreateLead,
+    SuspectDuplicate,
+    TagLead,
+)
+from schema.events import FIELD_NAMES, AttributeValue, LeadFields
 from schema.metadata import EventMetadata
 from schema.vocabularies import DEFAULT_STAGE
 
@@ -39,6 +45,10 @@ class NewLead(msgspec.Struct, frozen=True, kw_only=True):
     stage: str | None = None
     owner: str | None = None
     tags: tuple[str, ...] = ()
+    attributes: dict[str, AttributeValue] = {}
+    """Custom attribute values, validated against the workspace's definitions
+    (ledger/attributes.py); personal ones apart, to be encrypted in the ledger."""
+    personal_attributes: dict[str, AttributeValue] = {}
 
 
 class IngestResult(msgspec.Struct, frozen=True, kw_only=True):
@@ -75,6 +85,7 @@ class Ingestor:
         command = CreateLead(
             lead_id=lead.lead_id, fields=normalized.fields,
             stage=normalized.stage or DEFAULT_STAGE, owner=lead.owner, tags=lead.tags,
+            attributes=lead.attributes, personal_attributes=lead.personal_attributes,
         )
         matches = await self._fuzzy(workspace, command, policy)
         if matches and policy.fuzzy_policy == "reject":
@@ -117,7 +128,8 @@ class Ingestor:
     async def _merge_into(self, workspace: str, existing_id: str, command: CreateLead,
                           metadata: EventMetadata, unmapped: tuple[str, ...],
                           conn: psycopg.AsyncConnection | None = None) -> IngestResult:
-        """The submission updates the existing lead with its non-empty fields and tags."""
+        """The submission updates the existing lead with its non-empty fields, tags and
+        attributes."""
         given = {n: v for n in FIELD_NAMES if (v := getattr(command.fields, n)) not in (UNSET, None)}
         result = await self.commands.execute(
             workspace, existing_id, ChangeLeadFields(changes=LeadFields(**given)), metadata,
@@ -127,6 +139,13 @@ class Ingestor:
             tagged = await self.commands.execute(workspace, existing_id, TagLead(tag=tag), metadata,
                                                  conn=conn)
             result = tagged if tagged.events else result
+        if command.attributes or command.personal_attributes:
+            changed = await self.commands.execute(
+                workspace, existing_id, ChangeLeadAttributes(
+                    values=command.attributes, personal_values=command.personal_attributes),
+                metadata, conn=conn,
+            )
+            result = changed if changed.events else result
         return IngestResult(outcome=MERGED, result=result, merged_into=existing_id,
                             unmapped=unmapped)
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Annotated, Any
 
@@ -55,6 +55,7 @@ from ledger.ingest import CREATED, CandidateFinder, Ingestor, IngestResult
 from ledger.lead import INITIAL, decide
 from ledger.lead_input import normalize_lead
 from ledger.quality_settings import WorkspaceQuality
+from schema.attributes import AttributeDefinition
 from schema.commands import CreateLead
 from schema.positions import LogPosition
 from schema.vocabularies import DEFAULT_STAGE
@@ -80,12 +81,14 @@ class _Item(msgspec.Struct):
     detail: str = ""
 
 
-def _validated(index: int, raw: Any, quality: WorkspaceQuality, on_unknown: str) -> _Item:
-    """Decodes, normalizes (the workspace's vocabularies) and decides one item, purely."""
+def _validated(index: int, raw: Any, quality: WorkspaceQuality, on_unknown: str,
+               definitions: Mapping[str, AttributeDefinition]) -> _Item:
+    """Decodes, normalizes (the workspace's vocabularies, its attribute definitions) and
+    decides one item, purely."""
     item = _Item(index)
     try:
         item.data = msgspec.convert(raw, LeadCreate, strict=False)
-        lead = new_lead(item.data, f"item-{index}")
+        lead = new_lead(item.data, f"item-{index}", definitions)
         normalized = normalize_lead(
             lead.fields, stage=lead.stage, vocabularies=quality.vocabularies,
             on_unknown=on_unknown,
@@ -93,6 +96,7 @@ def _validated(index: int, raw: Any, quality: WorkspaceQuality, on_unknown: str)
         decide(INITIAL, CreateLead(
             lead_id=lead.lead_id, fields=normalized.fields,
             stage=normalized.stage or DEFAULT_STAGE, owner=lead.owner, tags=lead.tags,
+            attributes=lead.attributes, personal_attributes=lead.personal_attributes,
         ))
     except msgspec.ValidationError as exc:
         error = field_error(str(exc))
@@ -185,9 +189,11 @@ class BatchController(Controller):
         async def work(request_uuid: uuid.UUID | None) -> Reply:
             quality = await services.writer.quality.load(request.user.key.workspace)
             policy = with_overrides(quality, on_duplicate, on_fuzzy)
-            items = [_validated(i, raw, quality, policy.on_unknown)
+            definitions = await services.attributes.current(request.user.key.workspace)
+            items = [_validated(i, raw, quality, policy.on_unknown, definitions)
                      for i, raw in enumerate(data.leads)]
-            batch = _Batch(services, request, quality, request_uuid, on_duplicate, on_fuzzy)
+            batch = _Batch(services, request, quality, request_uuid, on_duplicate, on_fuzzy,
+                           definitions)
             if atomic:
                 return await batch.atomic(items, data.reason)
             return await batch.each(items)
@@ -199,6 +205,7 @@ class _Batch:
     def __init__(
         self, services: Services, request: Request, quality: WorkspaceQuality,
         request_uuid: uuid.UUID | None, on_duplicate: str | None, on_fuzzy: str | None,
+        definitions: Mapping[str, AttributeDefinition],
     ) -> None:
         self.services = services
         self.request = request
@@ -207,6 +214,7 @@ class _Batch:
         self.request_uuid = request_uuid
         self.on_duplicate = on_duplicate
         self.on_fuzzy = on_fuzzy
+        self.definitions = definitions
         self.candidates = BatchCandidates(services.writer.ingestor.find_candidates)
         self.ingestor = Ingestor(services.runtime.commands, self.candidates)
 
@@ -254,7 +262,7 @@ class _Batch:
         # the keys an earlier item claimed catch a later item for the same person.
         async with self.services.runtime.pool.connection() as conn, conn.transaction():
             for item, lead_id in zip(items, ids, strict=True):
-                lead = new_lead(item.data, lead_id)
+                lead = new_lead(item.data, lead_id, self.definitions)
                 try:
                     outcome = await self.ingestor.create(
                         self.workspace, lead, metadata, self.quality, policy=policy,

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import ipaddress
 import uuid
+from collections.abc import Mapping
 from typing import Annotated, Any, Literal
 
 from litestar import Request
@@ -17,8 +18,10 @@ from api.http.context import write_metadata
 from api.http.idempotency import derived_id, derived_ids
 from api.http.services import Services
 from api.http.writes import WriteResult
+from ledger.attributes import validate as validate_attributes
 from ledger.errors import InvalidValue, LeadAlreadyExists
 from ledger.ingest import Ingestor, NewLead
+from schema.attributes import AttributeDefinition
 from schema.events import FIELD_NAMES, LeadFields
 
 OnDuplicate = Annotated[
@@ -52,10 +55,16 @@ def lead_fields(data: Any, *, patch: bool) -> dict[str, Any]:
     return given
 
 
-def new_lead(data: Any, lead_id: str) -> NewLead:
+def new_lead(
+    data: Any, lead_id: str, definitions: Mapping[str, AttributeDefinition]
+) -> NewLead:
+    """The request's lead, its custom attributes checked against `definitions` (the
+    workspace's current ones): InvalidValue naming `attributes.<name>` otherwise."""
+    attributes = validate_attributes(definitions, data.attributes, create=True)
     return NewLead(
         lead_id=lead_id, fields=LeadFields(**lead_fields(data, patch=False)), stage=data.stage,
-        owner=data.owner, tags=tuple(data.tags),
+        owner=data.owner, tags=tuple(data.tags), attributes=attributes.values,
+        personal_attributes=attributes.personal,
     )
 
 
@@ -72,7 +81,8 @@ async def create_one(
     """Creates one lead; with a request_uuid (Idempotency-Key), its ids derive from it, so a
     retry after a crash finds the lead its first attempt wrote instead of writing another."""
     workspace = request.user.key.workspace
-    lead = new_lead(data, derived_id(request_uuid, name))
+    definitions = await services.attributes.current(workspace)
+    lead = new_lead(data, derived_id(request_uuid, name), definitions)
     metadata = write_metadata(request, data.reason)
     try:
         return await services.writer.create(

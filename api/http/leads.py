@@ -8,6 +8,7 @@ lead read model.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
@@ -31,7 +32,13 @@ from api.http.docs import (
     ReasonHeader,
 )
 from api.http.idempotency import Reply, reply, run_idempotent
-from api.http.lead_queries import SORTS, LeadFilter, list_leads
+from api.http.lead_queries import (
+    SORT_PATTERN,
+    LeadFilter,
+    attribute_conditions,
+    list_leads,
+    sort_key,
+)
 from api.http.lead_views import lead_of_row, lead_of_state, lead_reply, write_headers
 from api.http.problems import ProblemError, problem_responses
 from api.http.quality_queries import Rescoring
@@ -51,12 +58,15 @@ from api.http.versions import (
     read_your_writes,
     valid_lead_id,
 )
+from ledger.attributes import validate as validate_attributes
 from ledger.errors import InvalidValue, LeadNotFound
 from ledger.lead import LeadState
 from projections.leads import get_lead
+from schema.attributes import AttributeDefinition
 from schema.commands import (
     ArchiveLead,
     AssignOwner,
+    ChangeLeadAttributes,
     ChangeLeadFields,
     ChangeStage,
     LeadCommand,
@@ -83,8 +93,11 @@ def expected_version(request: Request) -> int | None:
     return None if version == ANY else version
 
 
-def _patch_plan(data: Any) -> Any:
+def _patch_plan(data: Any, definitions: Mapping[str, AttributeDefinition]) -> Any:
     fields = lead_fields(data, patch=True)
+    attributes = None
+    if data.attributes is not UNSET:
+        attributes = validate_attributes(definitions, data.attributes, create=False)
 
     def plan(state: LeadState) -> list[LeadCommand]:
         commands: list[LeadCommand] = []
@@ -98,6 +111,9 @@ def _patch_plan(data: Any) -> Any:
             wanted = list(dict.fromkeys(data.tags))
             commands += [UntagLead(tag=t) for t in state.tags if t not in wanted]
             commands += [TagLead(tag=t) for t in wanted if t not in state.tags]
+        if attributes is not None and (attributes.values or attributes.personal):
+            commands.append(ChangeLeadAttributes(
+                values=attributes.values, personal_values=attributes.personal))
         return commands
 
     return plan
@@ -185,7 +201,8 @@ class LeadController(Controller):
     @patch(
         "/{lead_id:str}",
         summary="Change a lead",
-        description="Changes fields, stage, owner and tags in one write. Send the lead's ETag "
+        description="Changes fields, stage, owner, tags and custom attributes (only those "
+        "given; null clears one) in one write. Send the lead's ETag "
         "as `If-Match` to apply only to the version you read (412 otherwise); a workspace may "
         "require it (428 without).",
         response_headers=WRITE_HEADERS,
@@ -207,8 +224,9 @@ class LeadController(Controller):
                 "precondition-required",
                 "this workspace requires If-Match with the lead's ETag on PATCH",
             )
+        definitions = await services.attributes.current(request.user.key.workspace)
         result = await services.writer.apply(
-            request.user.key.workspace, lead_id, _patch_plan(data),
+            request.user.key.workspace, lead_id, _patch_plan(data, definitions),
             write_metadata(request, data.reason),
             expected_version=None if version == ANY else version,
         )
@@ -255,7 +273,14 @@ class LeadController(Controller):
         summary="List leads",
         description="Leads of the workspace, filtered and sorted, a page at a time. Pass "
         "`next_cursor` back as `cursor` for the next page (null at the end). Ties in the sort "
-        "are broken by id, so pages never skip or repeat a lead.",
+        "are broken by id, so pages never skip or repeat a lead. Queryable custom attributes "
+        "(GET /v1/attributes) filter as `attr.<name>=<value>` (equality; repeat it for any "
+        "of several), `attr.<name>.in=a,b` (any of), `attr.<name>.gte=` / `.gt=` / `.lte=` / "
+        "`.lt=` (ranges on numbers, integers, dates, datetimes and strings), compared typed "
+        "(numbers as numbers); on a list attribute equality means \"contains\". "
+        "`sort=attr.<name>` sorts by one. Leads without a score or without the sort "
+        "attribute come last in either direction. An unknown or non-queryable attribute, "
+        "or a value of the wrong type, is 422 naming the parameter.",
         responses=problem_responses(*READ_PROBLEMS, 422),
     )
     async def index(
@@ -265,8 +290,10 @@ class LeadController(Controller):
         limit: Annotated[int, Parameter(ge=1, le=MAX_PAGE, description="Page size.")] = 50,
         cursor: Annotated[str | None, Parameter(max_length=512, description="From "
                                                 "next_cursor.")] = None,
-        sort: Annotated[Literal[tuple(SORTS)], Parameter(  # type: ignore[valid-type]
-            description="`created_at` or `updated_at`; a leading `-` sorts newest first.")
+        sort: Annotated[str, Parameter(
+            pattern=SORT_PATTERN, max_length=70,
+            description="`created_at`, `updated_at`, `score` or `attr.<name>` (a queryable "
+            "attribute); a leading `-` sorts descending.")
         ] = "-created_at",
         status: Annotated[Literal["active", "archived", "merged"], Parameter(
             description="Leads in this status.")] = "active",
@@ -288,26 +315,39 @@ class LeadController(Controller):
         quality_below: Annotated[int | None, Parameter(
             ge=1, le=101, description="Only leads whose data-quality score (against the "
             "workspace's settings, now) is below this.")] = None,
+        score_min: Annotated[float | None, Parameter(
+            description="Only leads scored at least this (inclusive).")] = None,
+        score_max: Annotated[float | None, Parameter(
+            description="Only leads scored at most this (inclusive).")] = None,
+        score_band: Annotated[list[str] | None, Parameter(
+            description="Only leads in any of these score bands (repeat the parameter).")
+        ] = None,
         x_consistency_token: ConsistencyTokenHeader = None,
     ) -> LeadPage:
-        for text in (cursor, owner, source, q, *(tag or ())):
+        for text in (cursor, owner, source, q, *(tag or ()), *(score_band or ()),
+                     *(v for k, v in request.query_params.multi_items() if k.startswith("attr."))):
             if text is not None and ("\x00" in text or len(text) > 512):
                 raise InvalidValue("query", "parameters cannot contain NUL characters")
         pool = services.runtime.pool
+        workspace = request.user.key.workspace
+        definitions = await services.attributes.current(workspace)
+        conditions = attribute_conditions(request.query_params.multi_items(), definitions)
+        sort_key(sort, definitions)  # refuses an unknown sort before waiting for a token
         await read_your_writes(request, pool, services.settings.consistency_wait_s)
         filters = LeadFilter(
             status=status, stage=tuple(stage or ()), owner=owner, tags=tuple(tag or ()),
             source=source, created_after=created_after, created_before=created_before,
             updated_after=updated_after, updated_before=updated_before, q=q,
-            quarantined=quarantined, quality_below=quality_below,
+            quarantined=quarantined, quality_below=quality_below, score_min=score_min,
+            score_max=score_max, score_band=tuple(score_band or ()), attributes=conditions,
         )
-        workspace = request.user.key.workspace
         quality = await services.writer.quality.load(workspace)
         now = datetime.now(UTC)
         async with pool.connection() as conn:
             rows, next_cursor = await list_leads(
                 conn, workspace, filters, sort=sort, limit=limit, cursor=cursor,
                 rescoring=Rescoring(quality, now) if quality_below is not None else None,
+                definitions=definitions,
             )
         return LeadPage(data=[lead_of_row(r, quality, now) for r in rows],
                         next_cursor=next_cursor)

@@ -98,12 +98,22 @@ NoteText = Annotated[
 ]
 
 
+Attributes = Annotated[
+    dict[Annotated[str, Meta(max_length=63)], Any],
+    Meta(max_length=200, description="Custom attribute values by name, checked against the "
+         "workspace's definitions (GET /v1/attributes); a problem is 422 naming "
+         "`attributes.<name>`. On PATCH only the attributes given change, and null clears one.",
+         examples=[{"plan": "pro", "seats": 25}]),
+]
+
+
 def _lead_create() -> type[msgspec.Struct]:
     fields: list[tuple[str, Any, Any]] = [
         (name, _field_type(name) | None, None) for name in FIELD_NAMES
     ]
     fields += [("stage", Stage, "lead"), ("owner", Owner | None, None),
-               ("tags", Tags, msgspec.field(default_factory=list)), ("reason", Reason | None, None)]
+               ("tags", Tags, msgspec.field(default_factory=list)), ("reason", Reason | None, None),
+               ("attributes", Attributes, msgspec.field(default_factory=dict))]
     cls = msgspec.defstruct(
         "LeadCreate", fields, kw_only=True, frozen=True, forbid_unknown_fields=True,
         module=__name__,
@@ -117,7 +127,8 @@ def _lead_patch() -> type[msgspec.Struct]:
         (name, _field_type(name) | None | UnsetType, UNSET) for name in FIELD_NAMES
     ]
     fields += [("stage", Stage | UnsetType, UNSET), ("owner", Owner | None | UnsetType, UNSET),
-               ("tags", Tags | UnsetType, UNSET), ("reason", Reason | None, None)]
+               ("tags", Tags | UnsetType, UNSET), ("reason", Reason | None, None),
+               ("attributes", Attributes | UnsetType, UNSET)]
     cls = msgspec.defstruct(
         "LeadPatch", fields, kw_only=True, frozen=True, forbid_unknown_fields=True,
         module=__name__,
@@ -197,6 +208,17 @@ def _lead() -> type[msgspec.Struct]:
         ("score_model", Annotated[str | None, Meta(
             description="`<model id>@<version>` of the model behind the score.")], None),
         ("activity_count", Annotated[int, Meta(description="Activities recorded.")], 0),
+        ("enrichment", Annotated[dict[str, Any], Meta(
+            description="Enriched facts by name: {value, provider, fetched_at, confidence}.")],
+         msgspec.field(default_factory=dict)),
+        ("team", Annotated[str | None, Meta(description="The team routing gave the lead.")],
+         None),
+        ("queue", Annotated[str | None, Meta(description="The queue routing put the lead in.")],
+         None),
+        ("assigned_by", Annotated[str | None, Meta(
+            description="The routing rule behind the current assignment.")], None),
+        ("open_tasks", Annotated[list[str], Meta(description="Open follow-up task ids.")],
+         msgspec.field(default_factory=list)),
         ("last_activity_at", Annotated[datetime | None, Meta(
             description="When the latest activity occurred.")], None),
         ("created_at", Annotated[datetime, Meta(description="When the ledger recorded the "
