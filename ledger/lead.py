@@ -32,17 +32,22 @@ from schema.commands import (
     AbsorbLead,
     AddNote,
     ArchiveLead,
+    AssignLead,
     AssignOwner,
     ChangeLeadAttributes,
     ChangeLeadFields,
     ChangeStage,
+    CompleteTask,
     CreateLead,
     DismissDuplicate,
     EraseLead,
     LeadCommand,
     MarkMergedInto,
+    OpenTask,
+    ReassignTask,
     RecordActivity,
     RecordEmailBounce,
+    RecordEnrichment,
     RecordScore,
     RestoreLead,
     SuspectDuplicate,
@@ -52,15 +57,18 @@ from schema.commands import (
 from schema.events import (
     FIELD_NAMES,
     AttributeValue,
+    EnrichmentValue,
     Event,
     LeadActivityRecorded,
     LeadArchived,
+    LeadAssigned,
     LeadAttributesChanged,
     LeadCreated,
     LeadDuplicateDismissed,
     LeadDuplicateSuspected,
     LeadEmailBounced,
     LeadEmailChecked,
+    LeadEnriched,
     LeadErased,
     LeadEvent,
     LeadFields,
@@ -73,6 +81,9 @@ from schema.events import (
     LeadScored,
     LeadStageChanged,
     LeadTagged,
+    LeadTaskCompleted,
+    LeadTaskOpened,
+    LeadTaskReassigned,
     LeadUntagged,
 )
 from schema.vocabularies import ACTIVITY_KINDS, LIFECYCLE_STAGES
@@ -108,6 +119,13 @@ class LeadState(msgspec.Struct, frozen=True, kw_only=True):
     score_model: str | None = None
     """`<model id>@<version>` of the model behind `score`."""
     score_digest: str | None = None
+    enrichment: dict[str, EnrichmentValue] = {}
+    """Enriched facts by name, each with its provenance (personal ones included)."""
+    team: str | None = None
+    queue: str | None = None
+    assigned_by: str | None = None
+    """The routing rule behind the current assignment (its id; "fallback" for the fallback)."""
+    open_tasks: tuple[str, ...] = ()
 
 
 INITIAL = LeadState()
@@ -197,6 +215,28 @@ def evolve(state: LeadState, event: Event) -> LeadState:
                 state, version=version, score=event.score, score_band=event.band,
                 score_model=f"{event.model_id}@{event.model_version}", score_digest=event.digest,
             )
+        case LeadEnriched():
+            personal = event.personal_values if isinstance(event.personal_values, dict) else {}
+            return msgspec.structs.replace(
+                state, version=version, fields=apply_changes(state.fields, event.fills),
+                enrichment={**state.enrichment, **event.values, **personal},
+            )
+        case LeadAssigned():
+            return msgspec.structs.replace(
+                state, version=version, owner=event.owner, team=event.team, queue=event.queue,
+                assigned_by=event.rule_id or "fallback",
+            )
+        case LeadTaskOpened():
+            return msgspec.structs.replace(
+                state, version=version, open_tasks=(*state.open_tasks, event.task_id)
+            )
+        case LeadTaskCompleted():
+            return msgspec.structs.replace(
+                state, version=version,
+                open_tasks=tuple(t for t in state.open_tasks if t != event.task_id),
+            )
+        case LeadTaskReassigned():
+            return msgspec.structs.replace(state, version=version)
         case LeadErased():
             return LeadState(lead_id=state.lead_id, version=version, status=ERASED)
         case _:
@@ -277,6 +317,33 @@ def decide(state: LeadState, command: LeadCommand) -> list[LeadEvent]:
             if command.digest and command.digest == state.score_digest:
                 return []
             return [LeadScored(**msgspec.structs.asdict(command))]
+        case RecordEnrichment():
+            return _enriched(state, command)
+        case AssignLead():
+            same = (command.owner, command.team, command.queue) == (
+                state.owner, state.team, state.queue)
+            if same:
+                return []
+            return [LeadAssigned(
+                owner=command.owner, team=command.team, queue=command.queue,
+                rule_id=command.rule_id, rule_name=command.rule_name,
+                previous_owner=state.owner, reason=command.reason,
+            )]
+        case OpenTask():
+            if command.task_id in state.open_tasks:
+                return []
+            return [LeadTaskOpened(
+                task_id=command.task_id, kind=command.kind, assignee=command.assignee,
+                due_at=command.due_at, reason=command.reason,
+            )]
+        case CompleteTask():
+            if command.task_id not in state.open_tasks:
+                return []  # already completed (a retry), or never opened: nothing to do
+            return [LeadTaskCompleted(task_id=command.task_id, outcome=command.outcome)]
+        case ReassignTask():
+            if command.task_id not in state.open_tasks:
+                raise InvalidValue("task_id", f"task {command.task_id} is not open")
+            return [LeadTaskReassigned(**msgspec.structs.asdict(command))]
         case _:
             assert_never(command)
 
@@ -323,6 +390,31 @@ def _with_attributes(
         else:
             merged[name] = value
     return merged
+
+
+def _enriched(state: LeadState, command: RecordEnrichment) -> list[LeadEvent]:
+    """Only values that are new or changed; fills only where the lead has no value (a value a
+    person entered wins) unless the workspace lets enrichment overwrite."""
+    def changed(values: dict[str, EnrichmentValue]) -> dict[str, EnrichmentValue]:
+        return {
+            k: v for k, v in values.items()
+            if (old := state.enrichment.get(k)) is None or old.value != v.value
+            or old.provider != v.provider
+        }
+
+    values, personal = changed(command.values), changed(command.personal_values)
+    fills = {
+        name: value for name in FIELD_NAMES
+        if (value := _given(getattr(command.fills, name))) is not None
+        and (command.overwrite or _given(getattr(state.fields, name)) is None)
+        and value != _given(getattr(state.fields, name))
+    }
+    if not values and not personal and not fills:
+        return []
+    return [LeadEnriched(
+        provider=command.provider, values=values, personal_values=personal,
+        fills=LeadFields(**fills), trigger=command.trigger,
+    )]
 
 
 def _activity(command: RecordActivity) -> LeadActivityRecorded:
@@ -377,7 +469,7 @@ def _require_live(state: LeadState, command: LeadCommand) -> None:
     # for an archived lead; what people edit waits for a restore.
     allowed_when_archived = (
         RestoreLead, ArchiveLead, MarkMergedInto, EraseLead, RecordEmailBounce, DismissDuplicate,
-        RecordActivity, RecordScore,
+        RecordActivity, RecordScore, RecordEnrichment, CompleteTask,
     )
     if state.status == ARCHIVED and not isinstance(command, allowed_when_archived):
         raise LeadArchivedError(f"lead {state.lead_id} is archived; restore it first")

@@ -17,7 +17,13 @@ import msgspec
 from ledger.lead import LeadState, evolve
 from ledger.quality import score_quality
 from ledger.store import RecordedEvent
-from schema.events import FIELD_NAMES, LEAD_EVENT_TYPES, LeadCreated, LeadFields
+from schema.events import (
+    FIELD_NAMES,
+    LEAD_EVENT_TYPES,
+    EnrichmentValue,
+    LeadCreated,
+    LeadFields,
+)
 
 
 class LeadRow(msgspec.Struct, frozen=True):
@@ -68,19 +74,24 @@ class LeadRow(msgspec.Struct, frozen=True):
     score_band: str | None
     score_model: str | None
     score_digest: str | None
+    enrichment: dict[str, Any]
+    team: str | None
+    queue: str | None
+    assigned_by: str | None
+    open_tasks: list[str]
 
 
 STATE_TAIL_COLUMNS = (
     "attributes", "activity_count", "last_activity_at", "score", "score_band", "score_model",
-    "score_digest",
+    "score_digest", "enrichment", "team", "queue", "assigned_by", "open_tasks",
 )
-"""Parts of the lead's state added after the quality columns (migration 0015)."""
+"""Parts of the lead's state added after the quality columns (migrations 0015, 0020)."""
 QUALITY_COLUMNS = (
     "quality_score", "quality_completeness", "quality_validity", "quality_consistency",
     "quality_problems",
 )
 COLUMNS: tuple[str, ...] = LeadRow.__struct_fields__
-LIST_COLUMNS = ("tags", "merged_from", "email_reasons", "suspected_duplicates")
+LIST_COLUMNS = ("tags", "merged_from", "email_reasons", "suspected_duplicates", "open_tasks")
 # Every part of the lead's state has a column (a new LeadState field fails here, not silently),
 # and the lead's fields sit together in LeadFields' order (row_values relies on it).
 _FIELDS_AT = COLUMNS.index(FIELD_NAMES[0])
@@ -103,7 +114,7 @@ PG_TYPES_BY_COLUMN = {
     "quality_score": "int4", "quality_completeness": "float8", "quality_validity": "float8",
     "quality_consistency": "float8", "quality_problems": "text[]",
     "attributes": "jsonb", "activity_count": "int4", "last_activity_at": "timestamptz",
-    "score": "float8",
+    "score": "float8", "enrichment": "jsonb",
 }
 COPY_TYPES = [PG_TYPES_BY_COLUMN.get(column, "text") for column in COLUMNS]
 
@@ -144,6 +155,11 @@ def state_from_row(row: LeadRow) -> LeadState:
         score_band=row.score_band,
         score_model=row.score_model,
         score_digest=row.score_digest,
+        enrichment=msgspec.convert(row.enrichment, dict[str, EnrichmentValue]),
+        team=row.team,
+        queue=row.queue,
+        assigned_by=row.assigned_by,
+        open_tasks=tuple(row.open_tasks),
     )
 
 
@@ -170,8 +186,13 @@ def row_values(
         quality.score, quality.completeness, quality.validity, quality.consistency,
         list(quality.problems), state.attributes, state.activity_count,
         state.last_activity_at, state.score, state.score_band, state.score_model,
-        state.score_digest,
+        state.score_digest, _enrichment_json(state.enrichment), state.team, state.queue,
+        state.assigned_by, list(state.open_tasks),
     )
+
+
+def _enrichment_json(enrichment: dict[str, EnrichmentValue]) -> dict[str, Any]:
+    return msgspec.to_builtins(enrichment) if enrichment else {}
 
 
 def fold_event(folded: Folded, recorded: RecordedEvent) -> None:

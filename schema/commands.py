@@ -6,7 +6,7 @@ from datetime import datetime
 
 import msgspec
 
-from schema.events import AttributeValue, LeadFields, RuleContribution
+from schema.events import AttributeValue, EnrichmentValue, LeadFields, RuleContribution
 
 
 class CreateLead(msgspec.Struct, kw_only=True, frozen=True):
@@ -52,6 +52,49 @@ class RecordScore(msgspec.Struct, kw_only=True, frozen=True):
     cause_event_id: str | None = None
     cause_type: str | None = None
     digest: str = ""
+
+
+class RecordEnrichment(msgspec.Struct, kw_only=True, frozen=True):
+    """From an enrichment provider: what it found. `fills` are standard fields it offers; only
+    empty ones are set unless `overwrite` (the workspace lets enrichment overwrite)."""
+
+    provider: str
+    values: dict[str, EnrichmentValue] = {}
+    personal_values: dict[str, EnrichmentValue] = {}
+    fills: LeadFields = LeadFields()
+    overwrite: bool = False
+    trigger: str | None = None
+
+
+class AssignLead(msgspec.Struct, kw_only=True, frozen=True):
+    owner: str | None = None
+    team: str | None = None
+    queue: str | None = None
+    rule_id: str | None = None
+    rule_name: str | None = None
+    reason: str = ""
+
+
+class OpenTask(msgspec.Struct, kw_only=True, frozen=True):
+    task_id: str
+    kind: str
+    assignee: str | None
+    due_at: datetime
+    reason: str = ""
+
+
+class CompleteTask(msgspec.Struct, kw_only=True, frozen=True):
+    task_id: str
+    outcome: str | None = None
+
+
+class ReassignTask(msgspec.Struct, kw_only=True, frozen=True):
+    task_id: str
+    assignee: str | None
+    previous: str | None = None
+    escalated: bool = False
+    due_at: datetime | None = None
+    reason: str = ""
 
 
 class TagLead(msgspec.Struct, kw_only=True, frozen=True):
@@ -136,4 +179,9 @@ LeadCommand = (
     | ChangeLeadAttributes
     | RecordActivity
     | RecordScore
+    | RecordEnrichment
+    | AssignLead
+    | OpenTask
+    | CompleteTask
+    | ReassignTask
 )

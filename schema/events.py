@@ -226,6 +226,79 @@ class LeadScored(Event, frozen=True):
     """A fingerprint of (model, score, band, contributions): equal digests, nothing new."""
 
 
+class EnrichmentValue(msgspec.Struct, frozen=True, kw_only=True):
+    """One enriched value with its provenance."""
+
+    value: AttributeValue
+    provider: str
+    fetched_at: datetime
+    confidence: float = 1.0
+
+
+class LeadEnriched(Event, frozen=True):
+    """What an enrichment provider found. `values` are enrichment facts (firmographics, email
+    and phone intelligence), each with its provenance; `fills` are the standard fields the
+    enrichment set (only empty ones, unless the workspace lets enrichment overwrite). Personal
+    values (a name guessed from the email) travel in `personal_values` and `fills`, encrypted."""
+
+    event_type: ClassVar[str] = "LeadEnriched"
+    personal: ClassVar[tuple[str, ...]] = (*_personal_paths("fills"), "personal_values")
+
+    provider: str
+    values: dict[str, EnrichmentValue] = {}
+    personal_values: dict[str, EnrichmentValue] | str = {}
+    fills: LeadFields = LeadFields()
+    trigger: str | None = None
+    """Why it ran: created, email-changed, website-changed, on-demand."""
+
+
+class LeadAssigned(Event, frozen=True):
+    """Routing decided who works the lead: an owner, or a team's member, or a queue; `rule`
+    names the assignment rule that decided (None: the fallback)."""
+
+    event_type: ClassVar[str] = "LeadAssigned"
+
+    owner: str | None = None
+    team: str | None = None
+    queue: str | None = None
+    rule_id: str | None = None
+    rule_name: str | None = None
+    previous_owner: str | None = None
+    reason: str = ""
+
+
+class LeadTaskOpened(Event, frozen=True):
+    """A follow-up task on the lead, due per the workspace's SLA."""
+
+    event_type: ClassVar[str] = "LeadTaskOpened"
+
+    task_id: str
+    kind: str
+    assignee: str | None
+    due_at: datetime
+    reason: str = ""
+
+
+class LeadTaskCompleted(Event, frozen=True):
+    event_type: ClassVar[str] = "LeadTaskCompleted"
+
+    task_id: str
+    outcome: str | None = None
+
+
+class LeadTaskReassigned(Event, frozen=True):
+    """A task moved to another assignee: by a person, or escalated because it went overdue."""
+
+    event_type: ClassVar[str] = "LeadTaskReassigned"
+
+    task_id: str
+    assignee: str | None
+    previous: str | None = None
+    escalated: bool = False
+    due_at: datetime | None = None
+    reason: str = ""
+
+
 class LeadErased(Event, frozen=True):
     """Tombstone: the person asked to be forgotten. Carries no personal data by design."""
 
@@ -251,6 +324,11 @@ LeadEvent = (
     | LeadAttributesChanged
     | LeadActivityRecorded
     | LeadScored
+    | LeadEnriched
+    | LeadAssigned
+    | LeadTaskOpened
+    | LeadTaskCompleted
+    | LeadTaskReassigned
     | LeadErased
 )
 
@@ -273,5 +351,10 @@ LEAD_EVENT_TYPES: tuple[type[Event], ...] = (
     LeadAttributesChanged,
     LeadActivityRecorded,
     LeadScored,
+    LeadEnriched,
+    LeadAssigned,
+    LeadTaskOpened,
+    LeadTaskCompleted,
+    LeadTaskReassigned,
     LeadErased,
 )

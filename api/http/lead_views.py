@@ -48,6 +48,8 @@ def lead_of_state(result: WriteResult) -> Any:
         quality=quality_view(result.quality), attributes=dict(state.attributes),
         score=state.score, score_band=state.score_band, score_model=state.score_model,
         activity_count=state.activity_count, last_activity_at=state.last_activity_at,
+        enrichment=msgspec.to_builtins(state.enrichment), team=state.team, queue=state.queue,
+        assigned_by=state.assigned_by, open_tasks=list(state.open_tasks),
         created_at=result.created_at, updated_at=result.updated_at,
     )
     return lead_from_values(values)
