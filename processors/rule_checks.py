@@ -244,7 +244,7 @@ def _probe(
     variant: int, customs: set[str], definitions: dict[str, AttributeDefinition]
 ) -> tuple[dict[str, object], dict[str, Callable[..., object]]]:
     """Placeholder facts of the right types: every field set, one activity of each kind."""
-    text = ("x", "")[variant]
+    text = ("x", "y")[variant]  # never "" (that reads as null: null safety is a run-time matter)
     when = datetime(2026, 1, 1, tzinfo=UTC)
     state = LeadState(
         lead_id="probe", status="active", stage="lead", owner=text, tags=(text,),
