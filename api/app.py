@@ -21,6 +21,7 @@ from litestar.openapi.plugins import ScalarRenderPlugin, SwaggerRenderPlugin
 from litestar.openapi.spec import Components, SecurityScheme, Tag
 
 from api.http.access import AccessMiddleware
+from api.http.activities import ActivitiesController
 from api.http.attributes import AttributesController
 from api.http.batch import BatchController
 from api.http.bounces import BounceController
@@ -34,6 +35,8 @@ from api.http.notes import NotesController
 from api.http.openapi import finish_openapi
 from api.http.problems import handle_exception
 from api.http.quality import QualityController
+from api.http.scores import ScoresController
+from api.http.scoring import ScoringController
 from api.http.services import Services, provide_services
 from api.http.settings import HttpSettings, load_http_settings
 from api.http.tags import TagsController
@@ -74,6 +77,7 @@ def create_app(runtime: Runtime, settings: HttpSettings | None = None) -> Litest
             EventsController, WorkspaceController, KeysController, HealthController,
             MergeController, DuplicatesController, BounceController, QualityController,
             VocabulariesController, AttributesController,
+            ActivitiesController, ScoresController, ScoringController,
         ],
         request_max_body_size=settings.max_body_bytes,
     )
@@ -92,12 +96,20 @@ def create_app(runtime: Runtime, settings: HttpSettings | None = None) -> Litest
             with contextlib.suppress(asyncio.CancelledError):
                 await task
 
+    @contextlib.asynccontextmanager
+    async def stop_rescores(_: Litestar) -> AsyncIterator[None]:
+        # A job stopped here stays `running`; a worker process resumes it (processors/rescore.py).
+        try:
+            yield
+        finally:
+            await services.rescorer.close()
+
     app = Litestar(
         route_handlers=[api, batch],
         dependencies={"services": Provide(provide_services, sync_to_thread=False)},
         middleware=[access],
         exception_handlers={Exception: handle_exception},
-        lifespan=[purge_idempotency_keys],
+        lifespan=[purge_idempotency_keys, stop_rescores],
         openapi_config=OpenAPIConfig(
             title="leadledger API",
             version="1.0.0",
@@ -126,6 +138,11 @@ def create_app(runtime: Runtime, settings: HttpSettings | None = None) -> Litest
                 Tag(name="attributes", description="Custom attributes: the workspace's "
                     "definitions of its leads' extra fields, versioned, and the stored values a "
                     "change no longer fits."),
+                Tag(name="activities", description="Behavioural signals of a lead: page views, "
+                    "form submits, email opens and clicks, demo requests, meetings..."),
+                Tag(name="scoring", description="Scoring models (versioned, immutable once "
+                    "saved), activation and background rescoring, and each lead's score with "
+                    "its decomposition and history."),
                 Tag(name="events", description="The ledger as a change feed."),
                 Tag(name="workspace", description="The workspace's policy and API keys."),
                 Tag(name="operations", description="Health, readiness, problem types."),

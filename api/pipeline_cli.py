@@ -1,10 +1,12 @@
-"""`leadledger status` and `leadledger replay`: where the pipeline stands, and rebuilding read
-models from the ledger (with a progress bar), through the projections' own status and rebuild.
+"""`leadledger status` and `leadledger replay`: where the pipeline stands (with the background
+rescore jobs), and rebuilding read models from the ledger (with a progress bar), through the
+projections' own status and rebuild: `replay lead`, `replay score-history`.
 """
 
 from __future__ import annotations
 
 import sys
+from collections.abc import Awaitable, Callable
 from datetime import datetime
 from pathlib import Path
 
@@ -13,8 +15,10 @@ import msgspec
 
 from api.cli_runtime import cli_settings, data_dir_option, print_json, with_runtime
 from api.runtime import Runtime
+from processors.rescore import RescoreJob, recent_jobs
 from projections.leads import LeadDifference
 from projections.rebuild import RebuildBusy, RebuildReport, rebuild_leads
+from projections.score_history import rebuild_score_history
 from projections.status import ReaderStatus, pipeline_status
 
 # Events written but not yet readable by gap-safe readers: everything after the horizon (which
@@ -30,14 +34,37 @@ class ReaderView(msgspec.Struct, kw_only=True):
     updated_at: datetime | None
 
 
+class RescoreJobView(msgspec.Struct, kw_only=True):
+    workspace: str
+    job_id: str
+    model: str
+    status: str
+    done: int
+    total: int
+    changed: int
+    started_at: datetime
+    finished_at: datetime | None
+    error: str | None
+
+
 class StatusView(msgspec.Struct, kw_only=True):
-    """`status --json`: the pipeline's report plus how far the readable horizon lags."""
+    """`status --json`: the pipeline's report plus how far the readable horizon lags, and the
+    latest rescore jobs (running ones and the last finished)."""
 
     head: int
     horizon: str
     horizon_lag_events: int
     relay: ReaderView
     projections: list[ReaderView]
+    rescore_jobs: list[RescoreJobView] = []
+
+
+def _job_view(job: RescoreJob) -> RescoreJobView:
+    return RescoreJobView(
+        workspace=job.workspace, job_id=job.job_id, model=f"{job.model_id}@{job.model_version}",
+        status=job.status, done=job.done, total=job.total, changed=job.changed,
+        started_at=job.started_at, finished_at=job.finished_at, error=job.error,
+    )
 
 
 @click.command()
@@ -57,10 +84,12 @@ def status(as_json: bool, data_dir: Path | None) -> None:
             horizon = report.horizon
             cur = await conn.execute(_AFTER_HORIZON, (horizon.transaction_id, horizon.position))
             row = await cur.fetchone()
+            jobs = await recent_jobs(conn)
         return StatusView(
             head=report.head, horizon=report.horizon.token(),
             horizon_lag_events=row[0] if row else 0, relay=reader(report.relay),
             projections=[reader(p) for p in report.projections],
+            rescore_jobs=[_job_view(j) for j in jobs],
         )
 
     view = with_runtime(cli_settings(data_dir), collect)
@@ -85,7 +114,19 @@ def _print_status(view: StatusView) -> None:
         label = r.name if r is view.relay else f"projection {r.name}"
         updated = f"{r.updated_at:%Y-%m-%d %H:%M:%S %Z}" if r.updated_at else "never"
         table.add_row(label, r.position, f"{r.lag_events:,}", updated)
-    Console(soft_wrap=True).print(table)
+    console = Console(soft_wrap=True)
+    console.print(table)
+    if view.rescore_jobs:
+        jobs = Table(title="rescore jobs", title_justify="left")
+        for column in ("workspace", "job", "model", "status", "progress", "changed", "started"):
+            jobs.add_column(column, justify="right" if column in ("progress", "changed") else
+                            "left")
+        for j in view.rescore_jobs:
+            percent = 100.0 if j.total == 0 else min(100.0, 100.0 * j.done / j.total)
+            jobs.add_row(j.workspace, j.job_id, j.model, j.status + (f" ({j.error})" if j.error
+                         else ""), f"{j.done:,}/{j.total:,} ({percent:.0f}%)", f"{j.changed:,}",
+                         f"{j.started_at:%Y-%m-%d %H:%M:%S %Z}")
+        console.print(jobs)
 
 
 # -- replay -----------------------------------------------------------------------------------
@@ -96,15 +137,33 @@ def replay() -> None:
     """Rebuild read models from the ledger."""
 
 
-@replay.command("lead")
-@click.option(
-    "--check", is_flag=True,
-    help="Rebuild without swapping; print every difference from the live model (exit 1 if any).",
+Rebuild = Callable[..., Awaitable[RebuildReport]]
+"""A projection's rebuild: (store, pool, *, check, progress) -> report."""
+
+_CHECK_HELP = (
+    "Rebuild without swapping; print every difference from the live model (exit 1 if any)."
 )
+
+
+@replay.command("lead")
+@click.option("--check", is_flag=True, help=_CHECK_HELP)
 @data_dir_option
 def replay_lead(check: bool, data_dir: Path | None) -> None:
     """Rebuild the lead read model into a shadow table and swap it in atomically, while the
     live table keeps serving."""
+    _replay("lead", rebuild_leads, check, data_dir)
+
+
+@replay.command("score-history")
+@click.option("--check", is_flag=True, help=_CHECK_HELP)
+@data_dir_option
+def replay_score_history(check: bool, data_dir: Path | None) -> None:
+    """Rebuild the score-history read model (every LeadScored of every lead) into a shadow
+    table and swap it in atomically, while the live table keeps serving."""
+    _replay("score-history", rebuild_score_history, check, data_dir)
+
+
+def _replay(name: str, rebuild: Rebuild, check: bool, data_dir: Path | None) -> None:
     from rich.console import Console
     from rich.progress import (
         BarColumn,
@@ -124,8 +183,8 @@ def replay_lead(check: bool, data_dir: Path | None) -> None:
 
     async def run(runtime: Runtime) -> RebuildReport:
         with Progress(*columns, console=console, transient=False) as bar:
-            task = bar.add_task("checking lead" if check else "replaying lead", total=None,
-                                rate="-")
+            task = bar.add_task(f"checking {name}" if check else f"replaying {name}",
+                                total=None, rate="-")
 
             def progress(done: int, total: int) -> None:
                 speed = bar.tasks[task].speed
@@ -133,8 +192,8 @@ def replay_lead(check: bool, data_dir: Path | None) -> None:
                            rate=f"{speed:,.0f}" if speed else "-")
 
             try:
-                return await rebuild_leads(runtime.store, runtime.pool, check=check,
-                                           progress=progress)
+                return await rebuild(runtime.store, runtime.pool, check=check,
+                                     progress=progress)
             except RebuildBusy as exc:
                 raise click.ClickException(str(exc)) from None
 
@@ -142,7 +201,7 @@ def replay_lead(check: bool, data_dir: Path | None) -> None:
     summary = (f"{report.events:,} events in {report.seconds:.1f}s "
                f"({report.events_per_second:,.0f} events/s)")
     if not check:
-        click.echo(f"lead read model rebuilt and swapped in at {report.position.token()}: "
+        click.echo(f"{name} read model rebuilt and swapped in at {report.position.token()}: "
                    f"{summary}")
         return
     for difference in report.differences:

@@ -1,14 +1,21 @@
-"""Background workers: the outbox relay and the projection runners.
+"""Background workers: the outbox relay, the projection runners and the processors.
 
     python -m api.workers relay
     python -m api.workers project lead
     python -m api.workers project duplicates
+    python -m api.workers project scoring          (the scoring processor)
+    python -m api.workers project score-history
+    python -m api.workers rescore                  (resumes rescore jobs whose process died)
 
 Each reads its settings from the environment (external servers only: LEADLEDGER_DATABASE_URL,
 LEADLEDGER_NATS_URL, LEADLEDGER_MASTER_KEY, LEADLEDGER_STREAM and LEADLEDGER_SUBJECT_PREFIX are
 required) and stops cleanly on SIGINT or SIGTERM. `leadledger up` runs them all in-process
 beside the HTTP server through `run_workers`. Any number of copies may run: leases keep exactly
-one of each active and the others on standby.
+one of each active and the others on standby (a rescore job runs under a lock of its own).
+
+Processors run as projections (processors/scoring.py): the runner gives them the ledger
+catch-up, the NATS fast path and the exactly-once checkpoint, with their output (events) in the
+checkpoint's transaction.
 """
 
 from __future__ import annotations
@@ -29,9 +36,13 @@ from api.runtime import Runtime, open_runtime
 from api.settings import Settings, load_settings
 from ledger.lease import wait_for_stop
 from ledger.relay import Relay
+from ledger.scoring_models import ScoringModels
+from processors.rescore import Rescorer, max_per_s_from_env
+from processors.scoring import ScoringProcessor
 from projections.duplicates import DuplicatesProjection
 from projections.leads import LeadsProjection
 from projections.runner import Projection, ProjectionRunner
+from projections.score_history import ScoreHistoryProjection
 
 log = structlog.get_logger(__name__)
 
@@ -46,9 +57,19 @@ REQUIRED_ENV = (
 PROJECTIONS: dict[str, Callable[[Runtime], Projection]] = {
     "lead": lambda runtime: LeadsProjection(runtime.store),
     "duplicates": lambda runtime: DuplicatesProjection(),
+    "scoring": lambda runtime: ScoringProcessor(
+        runtime.store, runtime.commands, ScoringModels(runtime.pool)
+    ),
+    "score-history": lambda runtime: ScoreHistoryProjection(),
 }
 
-_USAGE = "usage: python -m api.workers relay | project <" + "|".join(PROJECTIONS) + ">"
+BATCH_SIZES = {"scoring": 100}
+"""The scoring processor appends inside its batch's transaction, which holds back the gap-safe
+horizon of every reader until it commits: its batches stay small (the default is 500)."""
+
+_USAGE = (
+    "usage: python -m api.workers relay | rescore | project <" + "|".join(PROJECTIONS) + ">"
+)
 
 
 def make_relay(runtime: Runtime) -> Relay:
@@ -65,7 +86,13 @@ def make_runner(runtime: Runtime, name: str) -> ProjectionRunner:
         PROJECTIONS[name](runtime), runtime.store, runtime.pool, runtime.nats_url,
         settings.stream, settings.subject_prefix,
         max_age_s=_max_age_s(settings), duplicate_window_s=settings.duplicate_window_s,
+        batch_size=BATCH_SIZES.get(name, 500),
     )
+
+
+def make_rescorer(runtime: Runtime) -> Rescorer:
+    return Rescorer(runtime.store, runtime.commands, ScoringModels(runtime.pool), runtime.pool,
+                    max_per_s=max_per_s_from_env())
 
 
 def _max_age_s(settings: Settings) -> float:
@@ -73,9 +100,12 @@ def _max_age_s(settings: Settings) -> float:
 
 
 async def run_workers(runtime: Runtime, stop: asyncio.Event) -> None:
-    """The relay and every projection, concurrently, until `stop` is set."""
+    """The relay, every projection and the rescore resumer, concurrently, until `stop`."""
     async with asyncio.TaskGroup() as group:
         group.create_task(_supervise("relay", lambda: make_relay(runtime).run(stop), stop))
+        group.create_task(
+            _supervise("rescore", lambda: make_rescorer(runtime).resume(stop), stop)
+        )
         for name in PROJECTIONS:
             run = functools.partial(_run_projection, runtime, name, stop)
             group.create_task(_supervise(f"project {name}", run, stop))
@@ -114,6 +144,8 @@ async def run_one(argv: list[str], settings: Settings) -> None:
     try:
         if argv == ["relay"]:
             await make_relay(runtime).run(stop)
+        elif argv == ["rescore"]:
+            await make_rescorer(runtime).resume(stop)
         else:
             await make_runner(runtime, argv[1]).run(stop)
     finally:
@@ -122,7 +154,7 @@ async def run_one(argv: list[str], settings: Settings) -> None:
 
 
 def _valid(argv: list[str]) -> bool:
-    return argv == ["relay"] or (len(argv) == 2 and argv[0] == "project" and argv[1] in PROJECTIONS)
+    return argv in (["relay"], ["rescore"]) or (len(argv) == 2 and argv[0] == "project" and argv[1] in PROJECTIONS)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -31,6 +31,7 @@ from ledger.errors import (
     LedgerError,
 )
 from ledger.lead_input import UnknownTerm
+from schema.scoring import RuleProblem
 
 PROBLEM_MEDIA_TYPE = "application/problem+json"
 log = structlog.get_logger("leadledger.http")
@@ -135,6 +136,9 @@ class Problem(msgspec.Struct, frozen=True, omit_defaults=True):
     likely (fuzzy) match."""
     score: float | None = None
     """On a duplicate: how alike, 0–100 (100 for an exact match)."""
+    problems: list[RuleProblem] | None = None
+    """On a refused scoring model: each rule that does not compile, by index and name, with
+    the line and column (1-based, within its expression) of the error when known."""
 
 
 class DuplicateDetail(msgspec.Struct, frozen=True):
@@ -163,6 +167,7 @@ class ProblemError(Exception):
         current_version: int | None = None,
         existing_id: str | None = None,
         duplicate: DuplicateDetail | None = None,
+        problems: list[RuleProblem] | None = None,
     ) -> None:
         super().__init__(detail)
         self.type = PROBLEM_TYPES[slug]
@@ -172,6 +177,7 @@ class ProblemError(Exception):
         self.current_version = current_version
         self.duplicate = duplicate
         self.existing_id = duplicate.existing_id if duplicate else existing_id
+        self.problems = problems
 
 
 def problem_response(
@@ -191,6 +197,7 @@ def problem_response(
         matched=error.duplicate.matched if error.duplicate else None,
         exact=error.duplicate.exact if error.duplicate else None,
         score=error.duplicate.score if error.duplicate else None,
+        problems=error.problems,
     )
     headers = dict(error.headers)
     if error.type.status == 401:

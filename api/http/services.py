@@ -13,6 +13,8 @@ from api.http.writes import LeadWriter
 from api.keys import KeyStore
 from api.runtime import Runtime
 from ledger.attribute_definitions import AttributeDefinitions
+from ledger.scoring_models import ScoringModels
+from processors.rescore import Rescorer, max_per_s_from_env
 
 
 @dataclass(frozen=True)
@@ -24,6 +26,9 @@ class Services:
     idempotency: IdempotencyStore
     limiter: RateLimiter
     attributes: AttributeDefinitions
+    scoring: ScoringModels
+    rescorer: Rescorer
+    """Runs the rescore jobs this process's activations start (api/http/scoring.py)."""
 
     @classmethod
     def build(cls, runtime: Runtime, settings: HttpSettings) -> Services:
@@ -39,6 +44,9 @@ class Services:
             ),
             limiter=RateLimiter(),
             attributes=AttributeDefinitions(runtime.pool),
+            scoring=(scoring := ScoringModels(runtime.pool)),
+            rescorer=Rescorer(runtime.store, runtime.commands, scoring, runtime.pool,
+                              max_per_s=max_per_s_from_env()),
         )
 
 
