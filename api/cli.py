@@ -26,6 +26,7 @@ from api.embedded import EmbeddedError
 from api.keys_cli import keys
 from api.lead_cli import lead
 from api.pipeline_cli import replay, status
+from api.scoring_cli import rescore
 from api.server import (
     Endpoints,
     ServerError,
@@ -118,7 +119,7 @@ def migrate(data_dir: Path | None) -> None:
         click.echo("the database is up to date")
 
 
-for command in (lead, status, replay, keys):
+for command in (lead, status, replay, keys, rescore):
     cli.add_command(command)
 
 

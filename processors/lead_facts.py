@@ -26,8 +26,10 @@ Variables (also published as data: `VARIABLES`, a list of `Variable`):
   lead.notes_count           int
   attributes.<name>          the custom attribute's value (string, int, double, bool, or
                              list(string); dates as ISO 8601 text); absent when not set, so
-                             guard with `has(attributes.plan)` or `attributes.?plan.orValue("")`
-  enrichment                 map, empty for now (filled by the enrichment processor later)
+                             guard with `has(attributes.plan) && ...` (a rule that reads an
+                             absent one fails: it contributes 0 and says so)
+  enrichment.<name>          an enriched value (LeadEnriched), untyped: rules that read it
+                             are not type-checked when saved; absent when not enriched
   activity.<kind>.count      int      all activities of that kind, for every kind in
                              ACTIVITY_KINDS (page_view, form_submit, email_open, email_click,
                              demo_request, meeting, call, product_signup, custom)
@@ -150,7 +152,7 @@ def activation(facts: LeadFacts, now: datetime) -> dict[str, object]:
     return {
         "lead": lead_variables(facts, now),
         "attributes": dict(facts.state.attributes),
-        "enrichment": {},
+        "enrichment": {name: v.value for name, v in facts.state.enrichment.items()},
         "activity": activity,
         "count": count,
         "count_named": count_named,
@@ -233,7 +235,8 @@ def _catalogue() -> list[Variable]:
         description="a custom attribute's value, typed by its definition; absent when not set",
     ))
     variables.append(Variable(
-        name="enrichment", type="map(string, dyn)", description="enrichment data (empty for now)"
+        name="enrichment.<name>", type="dyn",
+        description="an enriched value (untyped; absent when not enriched)",
     ))
     for kind in (*ACTIVITY_KINDS, "custom_<name>"):
         what = f"{kind} activities" if kind != "custom_<name>" else "custom activities <name>"
