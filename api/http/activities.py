@@ -48,9 +48,9 @@ class ActivityCreate(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_f
     occurred_at: Annotated[datetime | None, Meta(
         description="When it happened, with a time zone (default: now). May be in the past.",
         examples=["2025-03-04T10:15:00Z"])] = None
-    name: Annotated[str | None, Meta(
+    name: Annotated[str, Meta(
         min_length=1, max_length=200, pattern=SINGLE_LINE,
-        description="Required for `custom`: what the activity is (e.g. `Webinar: Q3`).")] = None
+        description="Required for `custom`: what the activity is (e.g. `Webinar: Q3`).")] | None = None
     properties: Annotated[dict[PropertyName, PropertyValue], Meta(
         max_length=50, description="Strings about the activity (page URL, campaign...).",
         examples=[{"url": "/pricing", "campaign": "spring"}])] = {}
