@@ -127,6 +127,11 @@ class ProjectionRunner:
     def durable(self) -> str:
         return f"projection-{self.projection.name}"
 
+    async def apply(self, events: list[RecordedEvent]) -> LogPosition:
+        """Applies events contiguous after the cursor; returns the checkpoint now stored.
+        Reactors (processors/reactor.py) override it to act outside the transaction."""
+        return await apply_batch(self.lease.conn, self.projection, events, self.cursor)
+
     async def run(self, stop: asyncio.Event) -> None:
         """Runs until `stop` is set: stands by for the lease, then projects while it holds it."""
         await self.lease.serve(stop, lambda: self._hold(stop))
@@ -190,7 +195,7 @@ class ProjectionRunner:
                     raise LookupError(f"{until.token()} is not readable in the ledger")
             if not events:
                 return
-            self.cursor = await apply_batch(self.lease.conn, self.projection, events, self.cursor)
+            self.cursor = await self.apply(events)
             if until is None and len(events) < self.batch_size:
                 return
 
@@ -239,4 +244,4 @@ class ProjectionRunner:
 
     async def _flush(self, events: list[RecordedEvent]) -> None:
         if events:
-            self.cursor = await apply_batch(self.lease.conn, self.projection, events, self.cursor)
+            self.cursor = await self.apply(events)
