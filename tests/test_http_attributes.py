@@ -264,3 +264,23 @@ async def test_the_list_query_uses_the_attribute_index(pool: Any) -> None:
             assert index_name(definitions[index]) in plan, plan
             assert "Seq Scan" not in plan, plan
     await asyncio.sleep(0)
+
+
+async def test_replay_keeps_the_attribute_indexes(store: Any, pool: Any) -> None:
+    """`leadledger replay lead` swaps in a shadow table built from the live table's own index
+    definitions (projections/shadow_tables.py): the attribute indexes come along."""
+    from projections.rebuild import rebuild_leads
+
+    store_ = AttributeDefinitions(pool)
+    wanted = [AttributeDefinition(name="seats", type="integer", queryable=True),
+              AttributeDefinition(name="interests", type="list", queryable=True)]
+    for definition in wanted:
+        await store_.ensure_index(definition)
+    report = await rebuild_leads(store, pool, partitions=1)
+    assert report.swapped
+    async with pool.connection() as conn:
+        cur = await conn.execute("SELECT indexname, indexdef FROM pg_indexes "
+                                 "WHERE tablename = 'leads'")
+        indexes = dict(await cur.fetchall())
+    for definition in wanted:
+        assert "attributes ?" in indexes[index_name(definition)]
