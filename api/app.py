@@ -26,6 +26,7 @@ from api.http.attributes import AttributesController
 from api.http.batch import BatchController
 from api.http.bounces import BounceController
 from api.http.context import RequestContextMiddleware
+from api.http.dead_letters import DeadLettersController
 from api.http.duplicates import DuplicatesController, MergeController
 from api.http.events import EventsController
 from api.http.health import HealthController
@@ -78,6 +79,7 @@ def create_app(runtime: Runtime, settings: HttpSettings | None = None) -> Litest
             MergeController, DuplicatesController, BounceController, QualityController,
             VocabulariesController, AttributesController,
             ActivitiesController, ScoresController, ScoringController,
+            DeadLettersController,
         ],
         request_max_body_size=settings.max_body_bytes,
     )

@@ -28,6 +28,10 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     log_format: str = "auto"  # auto (console on a terminal), json, console
     log_level: str = "info"
     pool_max_size: int = 16
+    reactor_partitions: int = 1
+    """How many partitions each reactor's leads are split into (processors/reactor.py)."""
+    reactor_concurrency: int = 16
+    """Leads one reactor partition works on at once."""
 
 
 _ENV = {
@@ -44,6 +48,8 @@ _ENV = {
     "log_format": "LEADLEDGER_LOG_FORMAT",
     "log_level": "LEADLEDGER_LOG_LEVEL",
     "pool_max_size": "LEADLEDGER_POOL_MAX_SIZE",
+    "reactor_partitions": "LEADLEDGER_REACTOR_PARTITIONS",
+    "reactor_concurrency": "LEADLEDGER_REACTOR_CONCURRENCY",
 }
 
 

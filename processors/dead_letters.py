@@ -69,6 +69,10 @@ WHERE workspace = %s AND (%s::text IS NULL OR reactor = %s) AND (%s::text IS NUL
 ORDER BY parked_at, event_id LIMIT %s
 """
 
+_ONE = f"""
+SELECT {_COLUMNS} FROM dead_letters WHERE workspace = %s AND reactor = %s AND event_id = %s
+"""
+
 _COUNTS = """
 SELECT reactor, status, count(*) FROM dead_letters GROUP BY reactor, status ORDER BY 1, 2
 """
@@ -109,6 +113,14 @@ async def page(
         workspace, reactor, reactor, status, status, after_at, after_id, limit,
     ))
     return [DeadLetter(*row) for row in await cur.fetchall()]
+
+
+async def get(
+    conn: psycopg.AsyncConnection, workspace: str, reactor: str, event_id: str
+) -> DeadLetter | None:
+    cur = await conn.execute(_ONE, (workspace, reactor, event_id))
+    row = await cur.fetchone()
+    return DeadLetter(*row) if row else None
 
 
 async def counts(conn: psycopg.AsyncConnection) -> list[tuple[str, str, int]]:

@@ -1,0 +1,36 @@
+"""The processing plane's reactors and how they run: one registry, read by `leadledger up` (every
+reactor, every partition, in-process) and by `python -m api.workers react <name>` (some
+partitions of one reactor, in a worker process of its own).
+
+A reactor is built from the runtime; each partition gets a ReactorRunner (processors/reactor.py)
+with its own lease and checkpoint, so any number of processes may run any partitions.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from api.runtime import Runtime
+from processors.reactor import Reactor, ReactorRunner
+
+REACTORS: dict[str, Callable[[Runtime], Reactor]] = {}
+"""Name → factory: one line per reactor."""
+
+
+def make_reactor_runners(
+    runtime: Runtime, name: str, partitions: list[int] | None = None
+) -> list[ReactorRunner]:
+    """Runners for `partitions` (default: all) of reactor `name`."""
+    settings = runtime.settings
+    count = settings.reactor_partitions
+    chosen = partitions if partitions is not None else list(range(count))
+    reactor = REACTORS[name](runtime)
+    return [
+        ReactorRunner(
+            reactor, runtime.store, runtime.pool, runtime.nats_url, settings.stream,
+            settings.subject_prefix, max_age_s=settings.stream_max_age_days * 86_400,
+            duplicate_window_s=settings.duplicate_window_s, partition=p, partitions=count,
+            concurrency=settings.reactor_concurrency,
+        )
+        for p in chosen
+    ]
