@@ -6,6 +6,7 @@
     python -m api.workers project scoring          (the scoring processor)
     python -m api.workers project score-history
     python -m api.workers rescore                  (resumes rescore jobs whose process died)
+    python -m api.workers react enrich [--partitions 0,1]   (a reactor: api/reactors.py)
 
 Each reads its settings from the environment (external servers only: LEADLEDGER_DATABASE_URL,
 LEADLEDGER_NATS_URL, LEADLEDGER_MASTER_KEY, LEADLEDGER_STREAM and LEADLEDGER_SUBJECT_PREFIX are
@@ -15,7 +16,9 @@ one of each active and the others on standby (a rescore job runs under a lock of
 
 Processors run as projections (processors/scoring.py): the runner gives them the ledger
 catch-up, the NATS fast path and the exactly-once checkpoint, with their output (events) in the
-checkpoint's transaction.
+checkpoint's transaction. Reactors (enrichment, routing, webhooks: processors/reactor.py) act
+outside transactions and checkpoint after; each runs as LEADLEDGER_REACTOR_PARTITIONS
+partitions, and `react <name> --partitions ...` runs some of them in a process of its own.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from typing import Any
 import structlog
 
 from api.logs import configure_logging
+from api.reactors import REACTORS, make_reactor_runners
 from api.runtime import Runtime, open_runtime
 from api.settings import Settings, load_settings
 from ledger.lease import wait_for_stop
@@ -69,6 +73,7 @@ horizon of every reader until it commits: its batches stay small (the default is
 
 _USAGE = (
     "usage: python -m api.workers relay | rescore | project <" + "|".join(PROJECTIONS) + ">"
+    " | react <" + "|".join(REACTORS) + "> [--partitions 0,1,...]"
 )
 
 
@@ -109,6 +114,11 @@ async def run_workers(runtime: Runtime, stop: asyncio.Event) -> None:
         for name in PROJECTIONS:
             run = functools.partial(_run_projection, runtime, name, stop)
             group.create_task(_supervise(f"project {name}", run, stop))
+        for name in REACTORS:
+            for runner in make_reactor_runners(runtime, name):
+                group.create_task(_supervise(
+                    f"react {runner.projection.name}", functools.partial(runner.run, stop), stop
+                ))
 
 
 async def _run_projection(runtime: Runtime, name: str, stop: asyncio.Event) -> None:
@@ -146,6 +156,9 @@ async def run_one(argv: list[str], settings: Settings) -> None:
             await make_relay(runtime).run(stop)
         elif argv == ["rescore"]:
             await make_rescorer(runtime).resume(stop)
+        elif argv[0] == "react":
+            runners = make_reactor_runners(runtime, argv[1], _partitions(argv[2:]))
+            await asyncio.gather(*(runner.run(stop) for runner in runners))
         else:
             await make_runner(runtime, argv[1]).run(stop)
     finally:
@@ -153,8 +166,23 @@ async def run_one(argv: list[str], settings: Settings) -> None:
     log.info("worker stopped", worker=" ".join(argv))
 
 
+def _partitions(args: list[str]) -> list[int] | None:
+    """`--partitions 0,2` → [0, 2]; none given → every partition."""
+    if not args:
+        return None
+    return [int(p) for p in args[1].split(",")]
+
+
 def _valid(argv: list[str]) -> bool:
-    return argv in (["relay"], ["rescore"]) or (len(argv) == 2 and argv[0] == "project" and argv[1] in PROJECTIONS)
+    if argv in (["relay"], ["rescore"]):
+        return True
+    if len(argv) == 2 and argv[0] == "project":
+        return argv[1] in PROJECTIONS
+    if len(argv) in (2, 4) and argv[0] == "react" and argv[1] in REACTORS:
+        return len(argv) == 2 or (
+            argv[2] == "--partitions" and all(p.isdigit() for p in argv[3].split(","))
+        )
+    return False
 
 
 def main(argv: list[str] | None = None) -> int:
