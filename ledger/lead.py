@@ -49,6 +49,7 @@ from schema.commands import (
     RecordEmailBounce,
     RecordEnrichment,
     RecordScore,
+    RequestEnrichment,
     RestoreLead,
     SuspectDuplicate,
     TagLead,
@@ -69,6 +70,7 @@ from schema.events import (
     LeadEmailBounced,
     LeadEmailChecked,
     LeadEnriched,
+    LeadEnrichmentRequested,
     LeadErased,
     LeadEvent,
     LeadFields,
@@ -221,6 +223,8 @@ def evolve(state: LeadState, event: Event) -> LeadState:
                 state, version=version, fields=apply_changes(state.fields, event.fills),
                 enrichment={**state.enrichment, **event.values, **personal},
             )
+        case LeadEnrichmentRequested():
+            return msgspec.structs.replace(state, version=version)
         case LeadAssigned():
             return msgspec.structs.replace(
                 state, version=version, owner=event.owner, team=event.team, queue=event.queue,
@@ -319,6 +323,8 @@ def decide(state: LeadState, command: LeadCommand) -> list[LeadEvent]:
             return [LeadScored(**msgspec.structs.asdict(command))]
         case RecordEnrichment():
             return _enriched(state, command)
+        case RequestEnrichment():
+            return [LeadEnrichmentRequested(providers=tuple(command.providers))]
         case AssignLead():
             same = (command.owner, command.team, command.queue) == (
                 state.owner, state.team, state.queue)

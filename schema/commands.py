@@ -66,6 +66,10 @@ class RecordEnrichment(msgspec.Struct, kw_only=True, frozen=True):
     trigger: str | None = None
 
 
+class RequestEnrichment(msgspec.Struct, kw_only=True, frozen=True):
+    providers: tuple[str, ...] = ()
+
+
 class AssignLead(msgspec.Struct, kw_only=True, frozen=True):
     owner: str | None = None
     team: str | None = None
@@ -180,6 +184,7 @@ LeadCommand = (
     | RecordActivity
     | RecordScore
     | RecordEnrichment
+    | RequestEnrichment
     | AssignLead
     | OpenTask
     | CompleteTask

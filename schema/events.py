@@ -252,6 +252,15 @@ class LeadEnriched(Event, frozen=True):
     """Why it ran: created, email-changed, website-changed, on-demand."""
 
 
+class LeadEnrichmentRequested(Event, frozen=True):
+    """Someone asked for the lead to be enriched again (POST /v1/leads/{id}/enrich): the
+    enrichment processor reacts to it like to a new lead. Empty `providers`: all of them."""
+
+    event_type: ClassVar[str] = "LeadEnrichmentRequested"
+
+    providers: tuple[str, ...] = ()
+
+
 class LeadAssigned(Event, frozen=True):
     """Routing decided who works the lead: an owner, or a team's member, or a queue; `rule`
     names the assignment rule that decided (None: the fallback)."""
@@ -325,6 +334,7 @@ LeadEvent = (
     | LeadActivityRecorded
     | LeadScored
     | LeadEnriched
+    | LeadEnrichmentRequested
     | LeadAssigned
     | LeadTaskOpened
     | LeadTaskCompleted
@@ -352,6 +362,7 @@ LEAD_EVENT_TYPES: tuple[type[Event], ...] = (
     LeadActivityRecorded,
     LeadScored,
     LeadEnriched,
+    LeadEnrichmentRequested,
     LeadAssigned,
     LeadTaskOpened,
     LeadTaskCompleted,
