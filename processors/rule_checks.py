@@ -46,6 +46,8 @@ _STRING = re.compile(
 _CHAIN = re.compile(r"(?<![\w.])([A-Za-z_]\w*(?:\s*\.\s*[A-Za-z_]\w*)*)(\s*[(\[]|\s*\.\s*\?)?")
 _MACRO_VAR = re.compile(r"\.\s*(?:all|exists|exists_one|map|filter)\s*\(\s*([A-Za-z_]\w*)\s*,")
 _OPERATOR = re.compile(r"&&|\|\||[=!<>]=|[<>+\-*/%!?]|\w\s*\(")
+_NAME = re.compile(r"[A-Za-z_]\w*")
+_HAS = re.compile(r"(?<![\w.])has\s*\(\s*\Z")
 _POSITION = re.compile(r"<input>:(\d+):(\d+)")
 _KEYWORDS = frozenset((
     "true", "false", "null", "in", "int", "uint", "double", "string", "bool", "bytes", "list",
@@ -54,10 +56,20 @@ _KEYWORDS = frozenset((
 _LEAD_KEYS = frozenset(lead_variables(LeadFacts(), datetime(2000, 1, 1, tzinfo=UTC)))
 
 
+class Reference(msgspec.Struct, frozen=True):
+    path: str
+    """Dotted, e.g. `activity.page_view.last_7d`."""
+    start: int
+    end: int
+    """Where the path stands in the expression (a method call's name excluded)."""
+    whole: bool
+    """Read as a map: indexed (`x[...]`), optional (`x.?y`) or tested with `has()`."""
+
+
 class References(msgspec.Struct):
-    paths: list[tuple[str, int, bool]]
-    """(dotted path, offset, whole subtree needed)."""
+    paths: list[Reference]
     bound: set[str]
+    """Comprehension variables (the `t` of `lead.tags.exists(t, ...)`)."""
 
 
 def model_problems(spec: ScoringModelSpec) -> list[RuleProblem]:
@@ -139,17 +151,23 @@ def strip(expression: str) -> str:
 
 def references(stripped: str) -> References:
     bound = set(_MACRO_VAR.findall(stripped))
-    paths: list[tuple[str, int, bool]] = []
+    paths: list[Reference] = []
     for match in _CHAIN.finditer(stripped):
-        parts = re.split(r"\s*\.\s*", match.group(1))
+        parts = [(m.group(0), m.start(), m.end())
+                 for m in _NAME.finditer(match.group(1), 0)]
         after = (match.group(2) or "").strip()
         if after == "(":
             if len(parts) == 1:
                 continue  # a global function: the type check finds an unknown one
             parts = parts[:-1]  # a method call: its receiver is what the rule reads
-        if parts[0] in _KEYWORDS or parts[0] in bound:
+        if parts[0][0] in _KEYWORDS or parts[0][0] in bound:
             continue
-        paths.append((".".join(parts), match.start(1), after in ("[", ".?")))
+        start = match.start(1)
+        guarded = _HAS.search(stripped, 0, start) is not None
+        paths.append(Reference(
+            path=".".join(p for p, _, _ in parts), start=start, end=start + parts[-1][2],
+            whole=after in ("[", ".?") or guarded,
+        ))
     return References(paths=paths, bound=bound)
 
 
@@ -158,10 +176,10 @@ def reference_problems(
     definitions: dict[str, AttributeDefinition],
 ) -> list[RuleProblem]:
     problems = []
-    for path, offset, _ in refs.paths:
-        message = _unknown(path.split("."), definitions)
+    for ref in refs.paths:
+        message = _unknown(ref.path.split("."), definitions)
         if message:
-            line, column = _line_column(expression, offset)
+            line, column = _line_column(expression, ref.start)
             problems.append(RuleProblem(
                 rule_index=index, rule=name, message=message, line=line, column=column
             ))
@@ -172,7 +190,7 @@ def unknown_roots(
     index: int, name: str, variables: list[str], refs: References
 ) -> list[RuleProblem]:
     """What the library saw as variables, in case the text scan missed one."""
-    seen = {p.split(".")[0] for p, _, _ in refs.paths}
+    seen = {r.path.split(".")[0] for r in refs.paths}
     return [
         RuleProblem(rule_index=index, rule=name, message=f"unknown variable {v!r}")
         for v in variables if v not in ROOTS and v not in refs.bound and v not in seen
@@ -211,12 +229,18 @@ def syntax_problem(index: int, name: str, text: str) -> RuleProblem:
 
 
 def type_problem(
-    program: Any, refs: References, definitions: dict[str, AttributeDefinition]
+    program: Any, refs: References, definitions: dict[str, AttributeDefinition],
+    context_of: Callable[[dict[str, object]], dict[str, object]],
 ) -> str | None:
-    customs = {p.split(".")[1] for p, _, _ in refs.paths if p.startswith("activity.custom_")}
+    """Runs the rule on placeholder facts; `context_of` turns an activation into what the
+    rule's program reads (the same function evaluation uses)."""
+    customs = {
+        r.path.split(".")[1] for r in refs.paths if r.path.startswith("activity.custom_")
+    }
     for variant in (0, 1):
         try:
-            value = program.execute(cel.Context(*_probe(variant, customs, definitions)))
+            variables, functions = _probe(variant, customs, definitions)
+            value = program.execute(cel.Context(context_of(variables), functions))
         except TypeError:
             return "does not type-check: an operator or function got operands of the wrong " \
                 "type (CEL does not convert: compare int with int, use double(x) or string(x))"

@@ -14,6 +14,11 @@ a null compared with `<`) contributes 0 with its error and never breaks the scor
 holds, per rule, the values of the references it read (dotted paths, and calls of `count` /
 `count_named` with their results). Rules that read `enrichment` skip the type check: that map is
 untyped, so their type errors surface at run time.
+
+Handing values to the CEL library costs far more per value inside a map than per top-level
+variable, so a rule's dotted paths are compiled as flat variables (`lead.country` is run as
+`lead__country`); paths read as maps (indexed, `has()`) are handed over as pruned maps. The
+text a person wrote is what is checked and reported; only the program run differs.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ import msgspec
 from ledger.errors import InvalidValue
 from processors.lead_facts import ACTIVITY_STATS, FUNCTION_NAMES, LeadFacts, activation
 from processors.rule_checks import (
+    Reference,
     first_sentence,
     model_problems,
     reference_problems,
@@ -68,19 +74,28 @@ class CompiledRule(msgspec.Struct, frozen=True, kw_only=True):
     name: str
     points: float
     program: Any
-    """The compiled CEL program (cel.Program)."""
+    """The compiled CEL program (cel.Program) of the rewritten expression."""
     paths: tuple[str, ...]
     """The dotted references the rule reads, for `observed`."""
+    reads: tuple[tuple[str, str | None, tuple[str, ...]], ...]
+    """Per path: its flat variable (None if read as a map) and its parts."""
+
+
+class Inputs(msgspec.Struct, frozen=True):
+    """What of an activation some rules read: flat variables and pruned maps."""
+
+    flat: dict[str, tuple[str, ...]]
+    """Variable name -> the path it stands for."""
+    maps: dict[str, Any]
+    """Root -> None (all of it) or a nested plan of the keys read."""
+    float_attributes: frozenset[str]
 
 
 class CompiledModel(msgspec.Struct, frozen=True, kw_only=True):
     spec: ScoringModelSpec
     rules: tuple[CompiledRule, ...]
-    plan: dict[str, Any]
-    """What of the activation the rules read: root -> None (all of it) or a nested plan.
-    Converting values into CEL dominates the cost, so only these are handed over."""
+    inputs: Inputs
     functions: tuple[str, ...]
-    float_attributes: frozenset[str]
 
 
 def compile_model(
@@ -88,8 +103,9 @@ def compile_model(
 ) -> CompiledModel:
     problems = model_problems(spec)
     definitions = {d.name: d for d in attributes}
+    floats = frozenset(n for n, d in definitions.items() if d.type == "number")
     rules: list[CompiledRule] = []
-    plan: dict[str, Any] = {}
+    every: list[Reference] = []
     functions: set[str] = set()
     seen: set[str] = set()
     for index, rule in enumerate(spec.rules):
@@ -99,50 +115,53 @@ def compile_model(
             problems += found
             continue
         try:
-            program = cel.compile(rule.expression)
+            written = cel.compile(rule.expression)
         except ValueError as exc:
             problems.append(syntax_problem(index, rule.name, str(exc)))
             continue
         refs = references(strip(rule.expression))
         found = reference_problems(index, rule.name, rule.expression, refs, definitions)
-        found += unknown_roots(index, rule.name, program.references()["variables"], refs)
+        found += unknown_roots(index, rule.name, written.references()["variables"], refs)
         if found:
             problems += found
             continue
-        used = set(program.references()["functions"]) & set(FUNCTION_NAMES)
-        if not any(p.startswith("enrichment") for p, _, _ in refs.paths):
-            problem = type_problem(program, refs, definitions)
+        program = cel.compile(_flattened(rule.expression, refs.paths))
+        inputs = _inputs(refs.paths, floats)
+        if not any(r.path.startswith("enrichment") for r in refs.paths):
+            problem = type_problem(
+                program, refs, definitions, lambda v, i=inputs: _context(i, v)  # type: ignore
+            )
             if problem:
                 problems.append(RuleProblem(rule_index=index, rule=rule.name, message=problem))
                 continue
-        functions |= used
-        for path, _, _ in refs.paths:
-            _add_to_plan(plan, path)
+        functions |= set(written.references()["functions"]) & set(FUNCTION_NAMES)
+        every += refs.paths
+        paths = dict.fromkeys(r.path for r in refs.paths)
         rules.append(CompiledRule(
             name=rule.name, points=float(rule.points), program=program,
-            paths=tuple(dict.fromkeys(p for p, _, _ in refs.paths)),
+            paths=tuple(paths), reads=tuple(
+                (p, _flat_name(p) if _flat_name(p) in inputs.flat else None,
+                 tuple(p.split("."))) for p in paths
+            ),
         ))
     if problems:
         raise InvalidModel(problems)
-    floats = frozenset(n for n, d in definitions.items() if d.type == "number")
-    return CompiledModel(
-        spec=spec, rules=tuple(rules), plan=plan, functions=tuple(sorted(functions)),
-        float_attributes=floats,
-    )
+    return CompiledModel(spec=spec, rules=tuple(rules), inputs=_inputs(every, floats),
+                         functions=tuple(sorted(functions)))
 
 
 def evaluate(model: CompiledModel, variables: dict[str, object]) -> ScoreResult:
     """The score of one lead: every rule in order, each failure isolated and reported."""
-    context = _context(model, variables)
     calls: list[tuple[str, object]] = []
     functions: dict[str, Callable[..., object]] = {
         name: _recording(name, variables[name], calls)  # type: ignore[arg-type]
         for name in model.functions
     }
-    if functions:
-        context = cel.Context(context, functions)
+    given = _context(model.inputs, variables)
+    context = cel.Context(given, functions or None)
     contributions = []
     observed: dict[str, dict[str, object]] = {}
+    floats = model.inputs.float_attributes
     for rule in model.rules:
         calls.clear()
         error = None
@@ -151,14 +170,19 @@ def evaluate(model: CompiledModel, variables: dict[str, object]) -> ScoreResult:
             if not isinstance(value, bool):
                 error = f"the rule gave {type(value).__name__}, not a boolean"
         except Exception as exc:  # noqa: BLE001 - one rule's failure never breaks the score
-            error = _run_error(exc)
+            error = _run_error(exc, model.inputs.flat)
             value = False
         matched = error is None and value is True
         contributions.append(RuleContribution(
             rule=rule.name, points=rule.points if matched else 0.0, matched=matched, error=error,
         ))
-        seen = {p: v for p in rule.paths if (v := _resolve(variables, p)) is not _ABSENT}
-        seen.update(calls)
+        seen = {}
+        for path, flat, parts in rule.reads:
+            value = given.get(flat, _ABSENT) if flat else _lookup(variables, parts, floats)
+            if value is not _ABSENT:
+                seen[path] = value
+        if calls:
+            seen.update(calls)
         observed[rule.name] = seen
     uncapped = float(sum(c.points for c in contributions))
     total = _clamp(model.spec, uncapped)
@@ -196,18 +220,54 @@ def _clamp(spec: ScoringModelSpec, value: float) -> float:
     return value
 
 
-def _context(model: CompiledModel, variables: dict[str, object]) -> dict[str, object]:
-    pruned: dict[str, object] = {}
-    for root, plan in model.plan.items():
+def _flat_name(path: str) -> str:
+    return path.replace(".", "__")
+
+
+def _flattens(ref: Reference) -> bool:
+    return not ref.whole and "." in ref.path
+
+
+def _flattened(expression: str, refs: list[Reference]) -> str:
+    """The expression with each flattened path replaced by its variable (from the end, so the
+    offsets before stay right)."""
+    for ref in sorted(refs, key=lambda r: r.start, reverse=True):
+        if _flattens(ref):
+            expression = expression[:ref.start] + _flat_name(ref.path) + expression[ref.end:]
+    return expression
+
+
+def _inputs(refs: list[Reference], floats: frozenset[str]) -> Inputs:
+    flat: dict[str, tuple[str, ...]] = {}
+    maps: dict[str, Any] = {}
+    for ref in refs:
+        if _flattens(ref):
+            flat[_flat_name(ref.path)] = tuple(ref.path.split("."))
+            continue
+        *parents, last = ref.path.split(".")
+        node: dict[str, Any] | None = maps
+        for part in parents:
+            if node is None:
+                break
+            node = node.setdefault(part, {})
+        if node is not None:
+            node[last] = None  # read whole: it may be a list or a map the rule indexes
+    return Inputs(flat=flat, maps=maps, float_attributes=floats)
+
+
+def _context(inputs: Inputs, variables: dict[str, object]) -> dict[str, object]:
+    context: dict[str, object] = {}
+    floats = inputs.float_attributes
+    for name, parts in inputs.flat.items():
+        value = _lookup(variables, parts, floats)
+        if value is not _ABSENT:  # absent: the rule fails with "no value for ..."
+            context[name] = value
+    for root, plan in inputs.maps.items():
         value = variables.get(root)
-        if root == "attributes" and model.float_attributes:
-            value = {
-                k: float(v) if k in model.float_attributes and isinstance(v, int)
-                and not isinstance(v, bool) else v
-                for k, v in value.items()  # type: ignore[union-attr]
-            }
-        pruned[root] = _prune(value, plan, root == "activity")
-    return pruned
+        if root == "attributes" and floats and isinstance(value, dict):
+            value = {k: _number(k, v, floats) for k, v in value.items()}
+        context[root] = _prune(value, plan, root == "activity")
+    return context
 
 
 def _prune(value: object, plan: dict[str, Any] | None, activity: bool = False) -> object:
@@ -218,37 +278,33 @@ def _prune(value: object, plan: dict[str, Any] | None, activity: bool = False) -
         if key in value:
             pruned[key] = _prune(value[key], sub)
         elif activity and key.startswith("custom_"):
-            # A custom activity the lead never did reads as zeros, like the built-in kinds.
             pruned[key] = _prune(_NO_ACTIVITY, sub)
     return pruned
 
 
 _NO_ACTIVITY = {s: 0 for s in ACTIVITY_STATS} | {"days_since_last": math.inf, "decayed": 0.0}
-
-
-def _add_to_plan(plan: dict[str, Any], path: str) -> None:
-    """A path read is handed over whole (it may be a list or a map the rule indexes)."""
-    *parents, last = path.split(".")
-    node = plan
-    for part in parents:
-        if part in node and node[part] is None:
-            return
-        node = node.setdefault(part, {})
-    node[last] = None
-
-
+"""A custom activity the lead never did reads as zeros, like the built-in kinds."""
 _ABSENT = object()
 
 
-def _resolve(variables: dict[str, object], path: str) -> object:
+def _lookup(variables: dict[str, object], parts: tuple[str, ...], floats: frozenset[str]) -> object:
     value: object = variables
-    for part in path.split("."):
+    for i, part in enumerate(parts):
         if not isinstance(value, dict) or part not in value:
-            if part.startswith("custom_") and value is variables.get("activity"):
+            if i == 1 and parts[0] == "activity" and part.startswith("custom_"):
                 value = _NO_ACTIVITY
                 continue
             return _ABSENT
         value = value[part]
+    if parts[0] == "attributes" and len(parts) == 2:
+        return _number(parts[1], value, floats)
+    return value
+
+
+def _number(name: str, value: object, floats: frozenset[str]) -> object:
+    """A `number` attribute stored as 3 is the double 3.0 (CEL never mixes int and double)."""
+    if name in floats and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
     return value
 
 
@@ -263,11 +319,14 @@ def _recording(
     return call
 
 
-def _run_error(exc: Exception) -> str:
+def _run_error(exc: Exception, flat: dict[str, tuple[str, ...]]) -> str:
     if isinstance(exc, KeyError):
         return f"no value for {exc.args[0]!r}"
     if isinstance(exc, TypeError):
         return "type mismatch (no such overload; a null where a value was expected?)"
-    return f"{type(exc).__name__}: {first_sentence(str(exc))}"[:MAX_ERROR_LENGTH]
-
-
+    text = str(exc)
+    if isinstance(exc, RuntimeError) and "Undefined variable" in text:
+        name = text.split("'", 2)[1] if text.count("'") >= 2 else ""
+        if name in flat:
+            return f"no value for {'.'.join(flat[name])!r}"
+    return f"{type(exc).__name__}: {first_sentence(text)}"[:MAX_ERROR_LENGTH]

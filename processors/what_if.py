@@ -29,8 +29,8 @@ import msgspec
 
 from ledger.lead import ERASED, MERGED
 from ledger.store import EventStore, RecordedEvent
-from processors.lead_facts import EMPTY, LeadFacts, next_facts
-from processors.rules import CompiledModel, score_lead
+from processors.lead_facts import EMPTY, LeadFacts, activation, next_facts
+from processors.rules import CompiledModel, evaluate
 from schema.events import LeadCreated, LeadEvent, LeadStageChanged
 from schema.positions import LogPosition
 
@@ -136,8 +136,13 @@ def what_if_report(
         if facts.state.status in (None, ERASED, MERGED) or facts.last_recorded_at is None:
             continue
         ids.append(lead_id)
+        # One activation per lead and moment, for every model.
+        final = activation(facts, facts.last_recorded_at)
+        before = lead.before_conversion
+        early = activation(before, before.last_recorded_at) if (
+            before and before.last_recorded_at) else None
         for i, tested in enumerate(models):
-            result = score_lead(tested.model, facts, facts.last_recorded_at)
+            result = evaluate(tested.model, final)
             finals[i].append((result.total, result.band))
             for c in result.contributions:
                 if c.error is not None:
@@ -145,8 +150,8 @@ def what_if_report(
             converted, not_converted = ranked[i]
             if not lead.converted:
                 not_converted.append(result.total)
-            elif (before := lead.before_conversion) and before.last_recorded_at:
-                converted.append(score_lead(tested.model, before, before.last_recorded_at).total)
+            elif early is not None:
+                converted.append(evaluate(tested.model, early).total)
         if progress and n % 1000 == 0:
             progress(n)
     reports = [
