@@ -60,7 +60,7 @@ SELECT CASE WHEN i %% 10 = 0 THEN 'ws' || (i %% 9) ELSE %(workspace)s END,
        'ada' || i || '@example.com', 'Company ' || (i %% 5000),
        now() - make_interval(secs => i), now() - make_interval(secs => i),
        jsonb_strip_nulls(jsonb_build_object(
-           'seats', CASE WHEN i %% 10 = 3 THEN NULL ELSE (i * 7919) %% 5000 + 1 END,
+           'seats', CASE WHEN i %% 10 = 3 THEN NULL ELSE (i::bigint * 7919) %% 5000 + 1 END,
            'plan', (ARRAY['free', 'free', 'free', 'pro', 'pro', 'enterprise'])[i %% 6 + 1],
            'region', (ARRAY['emea', 'apac', 'amer', 'latam', 'mena', 'anz'])[(i / 7) %% 6 + 1],
            'signed_at', to_char(timestamp '2024-01-01' + make_interval(mins => i),
