@@ -315,3 +315,17 @@ def test_same_events_same_time_same_result_in_any_order(activities, data):
     # The order activities are recorded in does not change what they count to.
     assert one.contributions == other_order.contributions
     assert evaluate(model, activation(fold_facts(recorded([created(), *first])), NOW)) == one
+
+
+def test_paths_read_as_maps_agree_with_paths_read_directly():
+    model = compile_model(rules(
+        ("has(attributes.seats) && attributes.seats > 3", 1),
+        ('activity["form_submit"].count >= 3', 2),
+        ('lead . country == "DE"', 4),
+        ("has(lead.title)", 8),  # standard fields are always there, null when not set
+    ), [SEATS])
+    result = score_lead(model, fold_facts(lead_events()), NOW)
+    assert [c.points for c in result.contributions] == [0, 2, 4, 8]
+    assert all(c.error is None for c in result.contributions)
+    assert result.observed["r2"] == {"lead.country": "DE"}
+    assert result.observed["r1"]["activity"]["form_submit"]["count"] == 3  # type: ignore
