@@ -34,6 +34,7 @@ from api.http.history import HistoryController
 from api.http.leads import LeadController
 from api.http.notes import NotesController
 from api.http.openapi import finish_openapi
+from api.http.outbound import OutboundController
 from api.http.problems import handle_exception
 from api.http.quality import QualityController
 from api.http.scores import ScoresController
@@ -79,7 +80,7 @@ def create_app(runtime: Runtime, settings: HttpSettings | None = None) -> Litest
             MergeController, DuplicatesController, BounceController, QualityController,
             VocabulariesController, AttributesController,
             ActivitiesController, ScoresController, ScoringController,
-            DeadLettersController,
+            DeadLettersController, OutboundController,
         ],
         request_max_body_size=settings.max_body_bytes,
     )

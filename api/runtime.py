@@ -19,6 +19,7 @@ from ledger.lead_commands import LeadCommands
 from ledger.migrations import migrate
 from ledger.quality_settings import QualitySettings
 from ledger.store import EventStore
+from processors.outbound import OutboundGuard
 from projections.candidates import CandidateFinder
 
 
@@ -34,6 +35,8 @@ class Runtime:
     ingestor: Ingestor
     """The creation path every interface shares: normalize, validate, dedup, create."""
     quality: QualitySettings
+    outbound: OutboundGuard
+    """The guard every outbound request of the processing plane goes through."""
 
     async def close(self) -> None:
         await self.pool.close()
@@ -69,4 +72,5 @@ def build_runtime(
         commands=commands,
         ingestor=Ingestor(commands, CandidateFinder(pool)),
         quality=QualitySettings(pool),
+        outbound=OutboundGuard(pool),
     )

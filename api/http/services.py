@@ -14,6 +14,7 @@ from api.keys import KeyStore
 from api.runtime import Runtime
 from ledger.attribute_definitions import AttributeDefinitions
 from ledger.scoring_models import ScoringModels
+from processors.outbound import OutboundGuard
 from processors.rescore import Rescorer, max_per_s_from_env
 
 
@@ -29,6 +30,7 @@ class Services:
     scoring: ScoringModels
     rescorer: Rescorer
     """Runs the rescore jobs this process's activations start (api/http/scoring.py)."""
+    outbound: OutboundGuard
 
     @classmethod
     def build(cls, runtime: Runtime, settings: HttpSettings) -> Services:
@@ -45,6 +47,7 @@ class Services:
             limiter=RateLimiter(),
             attributes=AttributeDefinitions(runtime.pool),
             scoring=(scoring := ScoringModels(runtime.pool)),
+            outbound=runtime.outbound,
             rescorer=Rescorer(runtime.store, runtime.commands, scoring, runtime.pool,
                               max_per_s=max_per_s_from_env()),
         )
