@@ -61,7 +61,8 @@ def build_runtime(
     master = parse_master_key(master_key)
     keyring = Keyring(master)
     store = EventStore(pool, keyring)
-    commands = LeadCommands(store, IdentityHasher(master))
+    dedup = settings.dedup == "on"
+    commands = LeadCommands(store, IdentityHasher(master) if dedup else None)
     return Runtime(
         settings=settings,
         database_url=database_url,
@@ -70,7 +71,7 @@ def build_runtime(
         keyring=keyring,
         store=store,
         commands=commands,
-        ingestor=Ingestor(commands, CandidateFinder(pool)),
+        ingestor=Ingestor(commands, CandidateFinder(pool), fuzzy=dedup),
         quality=QualitySettings(pool),
         outbound=OutboundGuard(pool),
     )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Literal
 
 import msgspec
 
@@ -28,6 +29,10 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     log_format: str = "auto"  # auto (console on a terminal), json, console
     log_level: str = "info"
     pool_max_size: int = 16
+    dedup: Literal["on", "off"] = "on"
+    """`off` is for benchmarks and trusted one-off loads only: this process claims no identity
+    keys and looks for no likely duplicates, and leads it creates stay invisible to dedup later
+    (their keys are never in the identity index)."""
     reactor_partitions: int = 1
     """How many partitions each reactor's leads are split into (processors/reactor.py)."""
     reactor_concurrency: int = 16
@@ -48,6 +53,7 @@ _ENV = {
     "log_format": "LEADLEDGER_LOG_FORMAT",
     "log_level": "LEADLEDGER_LOG_LEVEL",
     "pool_max_size": "LEADLEDGER_POOL_MAX_SIZE",
+    "dedup": "LEADLEDGER_DEDUP",
     "reactor_partitions": "LEADLEDGER_REACTOR_PARTITIONS",
     "reactor_concurrency": "LEADLEDGER_REACTOR_CONCURRENCY",
 }

@@ -1,24 +1,18 @@
-"""What dedup costs a create: POST /v1/leads creates/s and p50/p99 with dedup at work versus
-with nothing for dedup to do, in one run against one server.
+"""What dedup costs a create: POST /v1/leads creates/s and p50/p99 with dedup on versus off, in
+one run, the same realistic lead (bench_http's: name, email, phone, external id, company, ...)
+against two servers on the same database:
 
-There is no switch that turns a workspace's dedup off (the policies are reject, merge or flag;
-every create computes identity keys and asks for fuzzy candidates), and adding one means a new
-policy value through the settings table, the API and both matchers, so "off" is measured as
-creates that give dedup no work:
+  * `on`: the default policies (exact: reject, fuzzy: flag at 88): three identity keys are
+    reserved in the append's transaction and the fuzzy candidate query runs;
+  * `off`: the same server with LEADLEDGER_DEDUP=off (api/settings.py): no identity keys, no
+    fuzzy lookup; normalization, validation, email checks and encryption all still run.
 
-  * `on`: bench_http's realistic lead (name, email, phone, external id, company, ...) under the
-    workspace's default policies (exact: reject, fuzzy: flag at 88): three identity keys are
-    reserved in the append's transaction, and the fuzzy candidate query runs;
-  * `off`: the same lead without first/last name, email, phone and external id: no identity
-    key to reserve, and no name, so the fuzzy step returns before querying candidates.
+As in bench_http, the relay and projections do not run and the leads read model stays empty:
+the candidate query finds nothing to score, so the fuzzy scoring itself (rapidfuzz over up to 50
+candidates, microseconds) is not in the figure.
 
-`off` also skips the email and phone normalization and the encryption of those fields, so the
-difference is an upper bound on dedup's cost. As in bench_http, the relay and projections do
-not run and the leads read model stays empty: the candidate query finds nothing to score, so the
-fuzzy scoring itself (rapidfuzz over up to 50 candidates, microseconds) is not in the figure.
-
-Rounds alternate on and off against the same server processes (granian when installed, else
-uvicorn), so both see the same machine; the figure is the median of the rounds.
+Rounds alternate on and off (granian when installed, else uvicorn), so both see the same
+machine; the figure is the median of the rounds.
 
     python -m bench.bench_dedup_cost [--duration 6] [--rounds 3] [--workers 2]
 """
@@ -57,20 +51,6 @@ from bench.common import (
 CONNECTIONS = 16
 TARGET_RATIO = 0.75  # dedup may cost at most 25%: on / off >= 0.75
 
-# The same request without the fields dedup works on (see the module docstring).
-OFF_BODY = r"""  local body = '{"company":"' .. word(7) .. ' Analytics","title":"Head of Data",' ..
-    '"website":"https://' .. word(8) .. '.example","country":"US","city":"Austin",' ..
-    '"address":"500 Congress Ave","ip_address":"203.0.113.7","source":"web_form",' ..
-    '"stage":"lead","owner":"owner@seller.example",' ..
-    '"tags":["webinar-2025","enterprise"]}'"""
-
-
-def off_lua() -> str:
-    start = LUA.index("  local body = ")
-    end = LUA.index("  local headers")
-    return LUA[:start] + OFF_BODY + "\n" + LUA[end:]
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--duration", type=float, default=6.0, help="seconds per round")
@@ -98,32 +78,41 @@ def main() -> None:
     with BenchServer() as pg, tempfile.TemporaryDirectory() as tmp:
         database_url = pg.create_database("bench_dedup_cost")
         token = asyncio.run(_prepare(database_url))
-        scripts = {"on": Path(tmp) / "on.lua", "off": Path(tmp) / "off.lua"}
-        scripts["on"].write_text(LUA)
-        scripts["off"].write_text(off_lua())
+        script = Path(tmp) / "create.lua"
+        script.write_text(LUA)
         env = {**os.environ, "LEADLEDGER_DATABASE_URL": database_url,
                "LEADLEDGER_MASTER_KEY": generate_master_key(), "LEADLEDGER_LOG_FORMAT": "json",
                "LEADLEDGER_LOG_LEVEL": "info", "PYTHONPATH": str(Path.cwd())}
         env.pop("LEADLEDGER_NATS_URL", None)
-        served = Served(server, "api.http.standalone:app_from_env", args.workers, env, "/health")
-        roots = [*pg.own_pids(), served.process.pid]
+        target = "api.http.standalone:app_from_env"
+        served = {
+            "on": Served(server, target, args.workers, {**env, "LEADLEDGER_DEDUP": "on"},
+                         "/health"),
+            "off": Served(server, target, args.workers, {**env, "LEADLEDGER_DEDUP": "off"},
+                          "/health"),
+        }
         postgres = next(iter(pg.own_pids()[1:]), None)
-        measure = {"token": token, "roots": roots, "server_pid": served.process.pid,
-                       "postgres_pid": postgres}
+
+        def measure(mode: str) -> dict[str, object]:
+            pid = served[mode].process.pid
+            return {"token": token, "roots": [*pg.own_pids(), pid], "server_pid": pid,
+                    "postgres_pid": postgres}
+
         try:
             run = uuid.uuid4().hex[:6]
             for mode in ("on", "off"):
-                run_wrk(served.url, "/v1/leads", CONNECTIONS, args.warmup,
-                        script=scripts[mode], run=f"{run}w{mode}", **measure)
+                run_wrk(served[mode].url, "/v1/leads", CONNECTIONS, args.warmup, script=script,
+                        run=f"{run}w{mode}", **measure(mode))
             for r in range(args.rounds):
                 order = ("on", "off") if r % 2 == 0 else ("off", "on")
                 for mode in order:
-                    load = run_wrk(served.url, "/v1/leads", CONNECTIONS, args.duration,
-                                   script=scripts[mode], run=f"{run}{r}{mode}", **measure)
+                    load = run_wrk(served[mode].url, "/v1/leads", CONNECTIONS, args.duration,
+                                   script=script, run=f"{run}{r}{mode}", **measure(mode))
                     loads[mode].append(load)
                     print(r, mode, load, flush=True)
         finally:
-            served.stop()
+            for one in served.values():
+                one.stop()
         machine = describe_machine(pg, packages=("litestar", "granian", "uvicorn", "rapidfuzz"))
     figures = {}
     for mode in ("off", "on"):
@@ -188,15 +177,13 @@ def markdown(results: Results) -> str:
         f"- **Reproduce:** `{results.command}` (needs `wrk`; granian when installed)",
         (f"- **Method:** POST /v1/leads at {s['connections']} connections, {s['server']} with "
         f"{s['workers']} workers, wrk 2 threads, {s['rounds']} rounds of "
-        f"{s['duration_s']} s alternating on/off against the same server; medians. "
-        "**on** = bench_http's 16-field lead under the default policies (exact reject, fuzzy "
-        "flag at 88): identity keys reserved in the append's transaction, fuzzy candidate "
-        "query run. **off** = the same lead without first/last name, email, phone and "
-        "external id. There is no dedup-off switch, so \"off\" is a create that gives dedup "
-        "no work (no identity key, no name: the fuzzy step returns before its query); it also "
-        "skips email/phone normalization and the encryption of those fields, so on/off is a "
-        "lower bound (the cost an upper bound). The read model is empty (projections not "
-        "running): the candidate query returns nothing, fuzzy scoring is not in the figure."),
+        f"{s['duration_s']} s alternating on/off; medians. The same 16-field lead both ways. "
+        "**on** = a server with the default policies (exact reject, fuzzy flag at 88): identity "
+        "keys reserved in the append's transaction, fuzzy candidate query run. **off** = a "
+        "second server on the same database with `LEADLEDGER_DEDUP=off`: no identity keys, no "
+        "fuzzy lookup; normalization, validation, the email check and encryption still run. "
+        "The read model is empty (projections not running): the candidate query returns "
+        "nothing, so fuzzy scoring is not in the figure."),
         "",
         ("| dedup | creates/s (median) | rounds | p50 ms | p99 ms | errors | server CPU ms/req | "
         "PostgreSQL CPU ms/req | other work (cores) |"),
@@ -207,13 +194,8 @@ def markdown(results: Results) -> str:
         (f"- By CPU per create (server + PostgreSQL, steadier on a shared machine): on "
         f"{cpu['on']:.2f} ms, off {cpu['off']:.2f} ms: off/on {cpu_ratio:.2f} (dedup costs "
         f"{1 - cpu_ratio:.0%} of a create's CPU)."),
-        ("- What this does and does not say: `off` drops four fields and with them more than "
-        "dedup (email-validator, phonenumbers parsing, name casing, encryption of four PII "
-        "fields, a smaller event), so on/off bounds dedup's cost from above; a figure below "
-        "0.75 here does not show that dedup alone misses the target, and a real dedup-off "
-        "switch (or timing the identity reservation and candidate query inside the create) "
-        "is needed to separate them. Throughput on this shared 2-core machine moves with "
-        "other work (last column); CPU per create is the steadier comparison."),
+        ("- Throughput on this shared 2-core machine moves with other work (last column); "
+        "CPU per create is the steadier comparison."),
     ])
 
 

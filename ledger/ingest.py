@@ -60,9 +60,13 @@ class IngestResult(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class Ingestor:
-    def __init__(self, commands: LeadCommands, find_candidates: CandidateFinder) -> None:
+    def __init__(
+        self, commands: LeadCommands, find_candidates: CandidateFinder, *, fuzzy: bool = True
+    ) -> None:
         self.commands = commands
         self.find_candidates = find_candidates
+        self.fuzzy = fuzzy
+        """False only with dedup off (api/settings.py): no likely-duplicate lookups."""
 
     async def create(
         self,
@@ -120,7 +124,7 @@ class Ingestor:
             lead_id=command.lead_id, first_name=_str(f.first_name), last_name=_str(f.last_name),
             email=_str(f.email), phone=_str(f.phone), company=_str(f.company),
         )
-        if not (person.first_name or person.last_name):
+        if not self.fuzzy or not (person.first_name or person.last_name):
             return []
         candidates = await self.find_candidates(workspace, person)
         return likely_duplicates(person, candidates, policy.fuzzy_threshold)

@@ -145,3 +145,26 @@ async def test_a_batch_dedups_within_itself(ingestor, settings):
     outcomes = [await ingestor.create("ws", item, META, quality, policy=policy) for item in items]
     assert [o.outcome for o in outcomes] == [CREATED, MERGED, CREATED]
     assert outcomes[1].merged_into == "B1"
+
+
+async def test_with_dedup_off_the_same_person_is_created_twice(store, infra, pool, settings):
+    """LEADLEDGER_DEDUP=off (benchmarks, trusted loads): no identity claims, no fuzzy lookups."""
+    from api.runtime import build_runtime
+    from api.settings import Settings
+
+    runtime = build_runtime(
+        Settings(dedup="off"), infra.database_url, infra.nats_url, infra.master_key, pool
+    )
+    quality = await settings.load("ws-off")
+    lead = LeadFields(first_name="Ada", last_name="Lovelace", email="ada@analytical.example")
+    ids = []
+    for n in range(2):
+        result = await runtime.ingestor.create(
+            "ws-off", NewLead(lead_id=f"OFF{n}", fields=lead, stage="lead"), META, quality
+        )
+        assert result.outcome == CREATED and not result.duplicates
+        ids.append(result.result.lead_id)
+    assert ids == ["OFF0", "OFF1"]
+    async with pool.connection() as conn:
+        cur = await conn.execute("SELECT count(*) FROM identity_keys WHERE workspace = 'ws-off'")
+        assert (await cur.fetchone())[0] == 0
