@@ -145,10 +145,13 @@ class ScoringModels:
             return [_row(r) for r in await cur.fetchall()]
 
     async def active(
-        self, workspace: str, *, conn: psycopg.AsyncConnection | None = None
+        self, workspace: str, *, conn: psycopg.AsyncConnection | None = None,
+        lock: bool = False,
     ) -> ModelVersion | None:
-        """The workspace's active model version; None when it has none."""
-        return await self._one(conn, _ACTIVE, (workspace,))
+        """The workspace's active model version; None when it has none. `lock` (in the
+        caller's transaction) keeps it active until that transaction ends: an activation waits
+        for it, so a score computed with this model never lands after the next model's."""
+        return await self._one(conn, _ACTIVE + (" FOR SHARE" if lock else ""), (workspace,))
 
     async def activate(
         self, workspace: str, model_id: str, version: int, activated_by: str, *,

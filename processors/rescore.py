@@ -4,12 +4,16 @@ Owns the `rescore_jobs` table (migration 0019). Activating a model creates a job
 activation's transaction (`create_job`); the process that served the activation then runs it
 (`Rescorer.start`), and any worker process resumes a job whose runner died (`Rescorer.resume`):
 a job runs under a session advisory lock of its own, so exactly one process works on it, and it
-records its progress (`done`, `last_lead_id`) after every page of leads, so a restart goes on
-after the last lead it recorded. Redoing a lead is harmless: its score's event id derives from
+records its progress (`done`, `last_lead_id`) every few leads, so a restart goes on after
+the last lead it recorded. Redoing a lead is harmless: its score's event id derives from
 (job, lead), and an unchanged digest appends nothing.
 
 Each lead of the workspace (from the lead read model, by lead id) is scored at the job's start
-time and recorded through `LeadCommands` like any other write (cause type `ModelActivated`,
+time. Before its first page the job waits (bounded) for the lead read model to reach the
+ledger's horizon: a lead created just before the activation, which the scoring processor saw
+while the workspace had no active model yet, must not be missed. A lead created after it is
+scored by the processor, which reads the active model after the activation committed.
+Every lead and recorded through `LeadCommands` like any other write (cause type `ModelActivated`,
 causation id the job), at most `max_per_s` leads a second (LEADLEDGER_RESCORE_MAX_PER_S) so that
 live writes keep their latency budget. A job whose model is no longer the workspace's active one
 stops as `superseded` (the newer activation has its own job).
@@ -29,6 +33,7 @@ import psycopg
 import structlog
 from psycopg_pool import AsyncConnectionPool
 
+from ledger.checkpoints import read_checkpoint
 from ledger.errors import ConcurrencyError, LeadGone, LeadNotFound
 from ledger.lead_commands import LeadCommands
 from ledger.lease import lock_id, pool_conninfo, wait_for_stop
@@ -45,7 +50,12 @@ CAUSE = "ModelActivated"
 RUNNING, DONE, SUPERSEDED, FAILED = "running", "done", "superseded", "failed"
 DEFAULT_MAX_PER_S = 500.0
 PAGE = 100
+PROGRESS_EVERY = 10
+"""Leads between two progress writes: what `status` shows moves while a page is scored."""
 JOB_IDS = uuid.UUID("0b6f7a57-4c83-4a43-9d57-5d1f1b0b2a77")
+LEAD_PROJECTION = "lead"
+"""The lead read model's checkpoint (projections/leads.py NAME; processors may not import it)."""
+READ_MODEL_WAIT_S = 30.0
 
 
 def max_per_s_from_env() -> float:
@@ -92,6 +102,12 @@ _PROGRESS = """
 UPDATE rescore_jobs SET done = done + %s, changed = changed + %s, last_lead_id = %s,
        updated_at = now()
 WHERE job_id = %s AND status = 'running'
+"""
+_RECOUNT = """
+UPDATE rescore_jobs SET total = (
+    SELECT count(*) FROM leads WHERE workspace = rescore_jobs.workspace AND status <> 'merged'
+), updated_at = now()
+WHERE job_id = %s
 """
 _FINISH = """
 UPDATE rescore_jobs SET status = %s, error = %s, finished_at = now(), updated_at = now()
@@ -225,6 +241,8 @@ class Rescorer:
             await self._finish(job_id, FAILED, "the model version is gone")
             return
         compiled = self.compiled.get(model)
+        if job.last_lead_id is None:
+            await self._wait_for_read_model(job)
         throttle = Throttle(self.max_per_s)
         after = job.last_lead_id or ""
         log.info("rescoring", job_id=job_id, workspace=job.workspace, model=model.label,
@@ -241,18 +259,24 @@ class Rescorer:
                 await self._finish(job_id, DONE, None)
                 log.info("rescore finished", job_id=job_id, workspace=job.workspace)
                 return
-            changed = 0
-            for lead_id in lead_ids:
+            changed, counted = 0, 0
+            for index, lead_id in enumerate(lead_ids, 1):
                 await throttle.wait()
-                changed += await self._score(job, model, compiled, lead_id)
+                scored = await self._score(job, model, compiled, lead_id)
+                if scored is None:
+                    await self._finish(job_id, SUPERSEDED, None)
+                    return
+                changed += scored
+                if index % PROGRESS_EVERY == 0 or index == len(lead_ids):
+                    async with self.pool.connection() as conn:
+                        await conn.execute(_PROGRESS, (index - counted, changed, lead_id, job_id))
+                    changed, counted = 0, index
             after = lead_ids[-1]
-            async with self.pool.connection() as conn:
-                await conn.execute(_PROGRESS, (len(lead_ids), changed, after, job_id))
 
     async def _score(
         self, job: RescoreJob, model: ModelVersion, compiled: CompiledModel, lead_id: str
-    ) -> int:
-        """1 if the lead's score changed, else 0."""
+    ) -> int | None:
+        """1 if the lead's score changed, 0 if not; None if the model is no longer active."""
         stream = await self.store.read_stream(job.workspace, lead_id)
         if not stream.events:
             return 0
@@ -268,9 +292,16 @@ class Rescorer:
         event_id = str(uuid.uuid5(JOB_IDS, f"{job.job_id}/{lead_id}"))
         for attempt in range(5):
             try:
-                outcome = await self.commands.execute(
-                    job.workspace, lead_id, command, metadata, event_ids=[event_id]
-                )
+                async with self.pool.connection() as conn, conn.transaction():
+                    # The model stays active until this score commits (an activation waits for
+                    # the lock): a superseded job can never write after the next job's score.
+                    active = await self.models.active(job.workspace, conn=conn, lock=True)
+                    if active is None or active.label != model.label:
+                        return None
+                    outcome = await self.commands.execute(
+                        job.workspace, lead_id, command, metadata, event_ids=[event_id],
+                        conn=conn,
+                    )
                 return 1 if outcome.events else 0
             except (LeadGone, LeadNotFound):
                 return 0
@@ -279,6 +310,22 @@ class Rescorer:
                     raise
                 await asyncio.sleep(0.05)
         return 0
+
+    async def _wait_for_read_model(self, job: RescoreJob) -> None:
+        """Until the lead read model has every lead committed before now (bounded: a stalled
+        projection delays the job, it does not stop it); then counts the leads again."""
+        horizon = await self.store.horizon()
+        deadline = time.monotonic() + READ_MODEL_WAIT_S
+        while time.monotonic() < deadline:
+            async with self.pool.connection() as conn:
+                if await read_checkpoint(conn, LEAD_PROJECTION) >= horizon:
+                    break
+            await asyncio.sleep(0.05)
+        else:
+            log.warning("the lead read model is behind; rescoring what it has",
+                        job_id=job.job_id, horizon=horizon.token())
+        async with self.pool.connection() as conn:
+            await conn.execute(_RECOUNT, (job.job_id,))
 
     async def _finish(self, job_id: str, status: str, error: str | None) -> None:
         async with self.pool.connection() as conn:

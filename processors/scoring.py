@@ -135,7 +135,7 @@ class ScoringProcessor:
         active: dict[str, ModelVersion | None] = {}
         for (workspace, lead_id), cause in causes.items():
             if workspace not in active:
-                active[workspace] = await self.models.active(workspace, conn=conn)
+                active[workspace] = await self.models.active(workspace, conn=conn, lock=True)
             model = active[workspace]
             if model is not None:
                 await self._score(conn, model, cause)

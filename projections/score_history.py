@@ -65,18 +65,21 @@ def _observed(recorded: RecordedEvent, event: LeadScored) -> Any:
 class ScoreHistoryProjection:
     name = NAME
 
-    def __init__(self, table: str = TABLE) -> None:
+    def __init__(self, table: str = TABLE, *, shadow: bool = False) -> None:
+        """`shadow`: a rebuild's fresh table, which has no index (so no key to conflict on)
+        until the rebuild's end, and gets each event exactly once."""
         self.table = table
         self.tables: tuple[str, ...] = (table,)
         t = sql.Identifier(table)
-        self._insert = sql.SQL(
-            "INSERT INTO {} ({}) VALUES ({}) ON CONFLICT (workspace, lead_id, version) DO NOTHING"
-        ).format(t, sql.SQL(", ").join(map(sql.Identifier, COLUMNS)),
-                 sql.SQL(", ").join(sql.Placeholder() * len(COLUMNS)))
+        conflict = "" if shadow else " ON CONFLICT (workspace, lead_id, version) DO NOTHING"
+        self._insert = sql.SQL("INSERT INTO {} ({}) VALUES ({})" + conflict).format(
+            t, sql.SQL(", ").join(map(sql.Identifier, COLUMNS)),
+            sql.SQL(", ").join(sql.Placeholder() * len(COLUMNS)),
+        )
         self._erase = sql.SQL("DELETE FROM {} WHERE workspace = %s AND lead_id = %s").format(t)
 
     def shadow(self, suffix: str) -> ScoreHistoryProjection:
-        return ScoreHistoryProjection(self.table + suffix)
+        return ScoreHistoryProjection(self.table + suffix, shadow=True)
 
     async def flush(self, conn: psycopg.AsyncConnection) -> None:
         return None
