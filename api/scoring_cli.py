@@ -117,7 +117,7 @@ def _print_report(report: WhatIfReport) -> None:
     table = Table(title="scores", title_justify="left")
     table.add_column("")
     for m in models:
-        table.add_column(("current " if m is report.current else "candidate ") + m.label,
+        table.add_column(("current: " if m is report.current else "candidate: ") + m.label,
                          justify="right")
     for stat in ("count", "min", "p25", "median", "p75", "max"):
         table.add_row(stat, *(_number(getattr(m.distribution, stat)) for m in models))
@@ -125,7 +125,8 @@ def _print_report(report: WhatIfReport) -> None:
         table.add_row(f"band {band}", *(str(m.distribution.bands.get(band, 0)) for m in models))
     table.add_row("converted / not (ranked)",
                   *(f"{m.ranking.converted} / {m.ranking.not_converted}" for m in models))
-    table.add_row("AUC (converted ranked higher)", *(_number(m.ranking.auc) for m in models))
+    table.add_row("AUC (converted ranked higher)",
+                  *("-" if m.ranking.auc is None else f"{m.ranking.auc:.3f}" for m in models))
     console.print(table)
     for m in models:
         _print_failing(console, m)
