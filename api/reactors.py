@@ -12,8 +12,11 @@ from collections.abc import Callable
 
 from api.runtime import Runtime
 from processors.reactor import Reactor, ReactorRunner
+from processors.routing import routing_reactor
 
-REACTORS: dict[str, Callable[[Runtime], Reactor]] = {}
+REACTORS: dict[str, Callable[[Runtime], Reactor]] = {
+    "route": lambda runtime: routing_reactor(runtime.store, runtime.commands, runtime.pool),
+}
 """Name → factory: one line per reactor."""
 
 

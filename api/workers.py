@@ -41,12 +41,16 @@ from api.settings import Settings, load_settings
 from ledger.lease import wait_for_stop
 from ledger.relay import Relay
 from ledger.scoring_models import ScoringModels
+from processors.overdue import OverdueSweeper
+from processors.overdue import every_s_from_env as overdue_every_s
 from processors.rescore import Rescorer, max_per_s_from_env
+from processors.routing_store import RoutingStore
 from processors.scoring import ScoringProcessor
 from projections.duplicates import DuplicatesProjection
 from projections.leads import LeadsProjection
 from projections.runner import Projection, ProjectionRunner
 from projections.score_history import ScoreHistoryProjection
+from projections.tasks import TasksProjection
 
 log = structlog.get_logger(__name__)
 
@@ -65,6 +69,7 @@ PROJECTIONS: dict[str, Callable[[Runtime], Projection]] = {
         runtime.store, runtime.commands, ScoringModels(runtime.pool)
     ),
     "score-history": lambda runtime: ScoreHistoryProjection(),
+    "tasks": lambda runtime: TasksProjection(),
 }
 
 BATCH_SIZES = {"scoring": 100}
@@ -100,6 +105,11 @@ def make_rescorer(runtime: Runtime) -> Rescorer:
                     max_per_s=max_per_s_from_env())
 
 
+def make_sweeper(runtime: Runtime) -> OverdueSweeper:
+    return OverdueSweeper(runtime.store, runtime.commands, RoutingStore(runtime.pool),
+                          runtime.pool, every_s=overdue_every_s())
+
+
 def _max_age_s(settings: Settings) -> float:
     return settings.stream_max_age_days * 86_400
 
@@ -111,6 +121,7 @@ async def run_workers(runtime: Runtime, stop: asyncio.Event) -> None:
         group.create_task(
             _supervise("rescore", lambda: make_rescorer(runtime).resume(stop), stop)
         )
+        group.create_task(_supervise("overdue", lambda: make_sweeper(runtime).run(stop), stop))
         for name in PROJECTIONS:
             run = functools.partial(_run_projection, runtime, name, stop)
             group.create_task(_supervise(f"project {name}", run, stop))

@@ -1,0 +1,285 @@
+"""The routing reactor ("route"): assigns leads per their workspace's rules and opens follow-ups.
+
+It wants three events, and only in workspaces that configured routing (processors/
+routing_store.py):
+
+- `LeadCreated`: the lead is routed (processors/assignment.py: rules in order, territories, the
+  fallback queue) and gets a follow-up task, due at the event's `recorded_at` plus the SLA of
+  its band and its rule's priority.
+- `LeadEnriched`, while the lead has no owner (it waits in a queue, or was never routed): it is
+  routed again, since enrichment may have filled the country, a region or a value a rule reads.
+  The waiting follow-up moves to the new assignee (due afresh from the event) instead of a second
+  one opening. A lead with an owner is not re-routed by enrichment: people keep their leads.
+- `LeadScored` whose band differs from the lead's previous band, when the workspace's SLA has a
+  due time for the new band: a `score-band` follow-up for the lead's owner (or its queue).
+
+The lead is read as it is now (its whole stream), at the causing event's time. A lead whose
+owner a person set (on create, or by assigning an owner) is left alone unless the matching rule
+says `reassign`. Archived, merged and erased leads are not routed.
+
+Everything it appends is idempotent: the decision is stored once per causing event (with the
+team's cursor, in one transaction), and AssignLead / OpenTask / ReassignTask carry event ids
+derived from the causing event's id (uuid5), so a re-run appends nothing new. Each appended event
+records the processor as actor, the causing event as causation, its correlation id, and the
+decision's reason.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from datetime import timedelta
+
+import structlog
+from psycopg_pool import AsyncConnectionPool
+
+from ledger.attribute_definitions import AttributeDefinitions
+from ledger.errors import InvalidValue, LeadGone, LeadNotFound
+from ledger.lead import ACTIVE, LeadState
+from ledger.lead_commands import LeadCommands
+from ledger.store import EventStore, RecordedEvent
+from processors.assignment import (
+    CompiledRules,
+    InvalidRules,
+    compile_rules,
+    due_at,
+    first_match,
+    region_of,
+    target_for,
+)
+from processors.lead_facts import fold_facts
+from processors.routing_store import RoutingStore, StoredDecision
+from schema.commands import AssignLead, LeadCommand, OpenTask, ReassignTask
+from schema.events import (
+    LeadAssigned,
+    LeadCreated,
+    LeadEnriched,
+    LeadOwnerAssigned,
+    LeadScored,
+    LeadTaskCompleted,
+    LeadTaskOpened,
+    LeadTaskReassigned,
+)
+from schema.metadata import Actor, EventMetadata
+from schema.routing import FALLBACK_RULE, FOLLOW_UP, SCORE_BAND, Decision, RoutingBook
+
+log = structlog.get_logger(__name__)
+
+NAME = "route"
+ACTOR = Actor(key_id="processor:route", role="processor")
+SOURCE = "processor"
+IDS = uuid.UUID("0b6c2d1e-6a57-4a8e-9a3f-5d2e7c1b9f40")
+"""Namespace of the event and task ids routing derives from what caused them."""
+
+
+def derived_id(cause_id: str, what: str) -> str:
+    return str(uuid.uuid5(IDS, f"{cause_id}/{what}"))
+
+
+class OpenTaskView:
+    """A task as the lead's own stream tells it: open or not, and with whom."""
+
+    def __init__(self, kind: str, assignee: str | None) -> None:
+        self.kind, self.assignee, self.open = kind, assignee, True
+
+
+def tasks_of(events: Sequence[RecordedEvent]) -> dict[str, OpenTaskView]:
+    tasks: dict[str, OpenTaskView] = {}
+    for recorded in events:
+        match recorded.event:
+            case LeadTaskOpened() as e:
+                tasks[e.task_id] = OpenTaskView(e.kind, e.assignee)
+            case LeadTaskReassigned() as e if e.task_id in tasks:
+                tasks[e.task_id].assignee = e.assignee
+            case LeadTaskCompleted() as e if e.task_id in tasks:
+                tasks[e.task_id].open = False
+    return tasks
+
+
+def owned_by_person(events: Sequence[RecordedEvent]) -> bool:
+    """Whether the lead's current owner was set by a person (not by a processor)."""
+    person = False
+    for recorded in events:
+        match recorded.event:
+            case LeadCreated() as e:
+                person = e.owner is not None and recorded.metadata.source != SOURCE
+            case LeadOwnerAssigned() as e:
+                person = e.owner is not None and recorded.metadata.source != SOURCE
+            case LeadAssigned():
+                person = False
+    return person
+
+
+def previous_band(events: Sequence[RecordedEvent], before_version: int) -> str | None:
+    band = None
+    for recorded in events:
+        if recorded.version >= before_version:
+            break
+        if isinstance(recorded.event, LeadScored):
+            band = recorded.event.band
+    return band
+
+
+def metadata_for(cause: RecordedEvent, reason: str) -> EventMetadata:
+    meta = cause.metadata
+    return EventMetadata(
+        actor=ACTOR, source=SOURCE, causation_id=cause.event_id,
+        correlation_id=meta.correlation_id or meta.request_id, reason=reason[:1000],
+    )
+
+
+def assign_command(decision: Decision) -> AssignLead:
+    rule_id = None if decision.rule_id == FALLBACK_RULE else decision.rule_id
+    return AssignLead(owner=decision.owner, team=decision.team, queue=decision.queue,
+                      rule_id=rule_id, rule_name=decision.rule_name, reason=decision.reason)
+
+
+async def execute(
+    commands: LeadCommands, cause: RecordedEvent, command: LeadCommand, event_id: str,
+    reason: str,
+) -> int:
+    """Appends the command's events (idempotent by `event_id`); the count appended, 0 when the
+    lead is gone or a task it names is no longer open."""
+    try:
+        result = await commands.execute(
+            cause.workspace, cause.stream_id, command, metadata_for(cause, reason),
+            event_ids=[event_id],
+        )
+    except (LeadGone, LeadNotFound):
+        return 0
+    except InvalidValue as exc:
+        if exc.field == "task_id":  # completed meanwhile: nothing left to move
+            return 0
+        raise
+    return len(result.events)
+
+
+class RulesCache:
+    """Compiled rules per workspace, recompiled when the rules or attribute types change."""
+
+    def __init__(self, attributes: AttributeDefinitions) -> None:
+        self.attributes = attributes
+        self._compiled: dict[str, tuple[object, CompiledRules]] = {}
+
+    async def get(self, workspace: str, book: RoutingBook) -> CompiledRules:
+        definitions = await self.attributes.current(workspace)
+        key = (book.rules, tuple(sorted((n, d.type) for n, d in definitions.items())))
+        cached = self._compiled.get(workspace)
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        rules = list(book.rules)
+        try:
+            compiled = compile_rules(rules, list(definitions.values()))
+        except InvalidRules as exc:
+            # Saved rules that no longer compile (an attribute was retired since): route
+            # with the others rather than not at all, and say so.
+            bad = {p.rule_index for p in exc.problems}
+            log.warning("routing rules skipped", workspace=workspace,
+                        rules=[rules[i].name for i in sorted(bad)])
+            compiled = compile_rules([r for i, r in enumerate(rules) if i not in bad],
+                                     list(definitions.values()))
+        self._compiled[workspace] = (key, compiled)
+        return compiled
+
+
+class RoutingReactor:
+    name = NAME
+
+    def __init__(self, store: EventStore, commands: LeadCommands, routing: RoutingStore,
+                 attributes: AttributeDefinitions) -> None:
+        self.store = store
+        self.commands = commands
+        self.routing = routing
+        self.rules = RulesCache(attributes)
+        self.appended = 0
+        """Events this process appended (for tests and logs)."""
+
+    def wants(self, recorded: RecordedEvent) -> bool:
+        return isinstance(recorded.event, (LeadCreated, LeadEnriched, LeadScored))
+
+    async def react(self, recorded: RecordedEvent) -> None:
+        book = await self.routing.book(recorded.workspace)
+        if book is None:
+            return
+        stream = await self.store.read_stream(recorded.workspace, recorded.stream_id)
+        facts = fold_facts(stream.events)
+        if facts.state.status != ACTIVE:
+            return
+        if isinstance(recorded.event, LeadScored):
+            await self._band_follow_up(recorded, stream.events, book, facts.state)
+            return
+        if isinstance(recorded.event, LeadEnriched) and facts.state.owner is not None:
+            return
+        compiled = await self.rules.get(recorded.workspace, book)
+        now = recorded.recorded_at
+        country = facts.state.fields.country
+        target = target_for(
+            first_match(compiled, facts, now), book,
+            country if isinstance(country, str) else None, region_of(facts),
+            owned_by_person=owned_by_person(stream.events),
+        )
+        if target is None:
+            return
+        tasks = tasks_of(stream.events)
+        waiting = next((t for t, v in tasks.items() if v.open and v.kind == FOLLOW_UP), None)
+        stored = await self.routing.decide(
+            recorded.workspace, recorded.event_id, recorded.stream_id, target, book,
+            waiting or derived_id(recorded.event_id, "task"),
+        )
+        await self._carry_out(recorded, stored, book, facts.state.score_band, tasks)
+
+    async def _carry_out(
+        self, cause: RecordedEvent, stored: StoredDecision, book: RoutingBook,
+        band: str | None, tasks: dict[str, OpenTaskView],
+    ) -> None:
+        decision = stored.decision
+        self.appended += await execute(
+            self.commands, cause, assign_command(decision), derived_id(cause.event_id, "assign"),
+            decision.reason,
+        )
+        task_id = stored.task_id
+        if task_id is None:
+            return
+        due = due_at(cause.recorded_at, book.sla, band, decision.priority)
+        known = tasks.get(task_id)
+        if known is None:
+            command: LeadCommand = OpenTask(
+                task_id=task_id, kind=FOLLOW_UP, assignee=decision.owner, due_at=due,
+                reason=decision.reason,
+            )
+            event_id = derived_id(cause.event_id, "open-task")
+        elif known.open and known.assignee != decision.owner:
+            command = ReassignTask(task_id=task_id, assignee=decision.owner,
+                                   previous=known.assignee, due_at=due, reason=decision.reason)
+            event_id = derived_id(cause.event_id, "reassign-task")
+        else:
+            return
+        self.appended += await execute(self.commands, cause, command, event_id, decision.reason)
+
+    async def _band_follow_up(
+        self, cause: RecordedEvent, events: Sequence[RecordedEvent], book: RoutingBook,
+        state: LeadState,
+    ) -> None:
+        event = cause.event
+        assert isinstance(event, LeadScored)
+        before = previous_band(events, cause.version)
+        minutes = book.sla.by_band.get(event.band) if event.band is not None else None
+        if event.band == before or minutes is None or (state.owner is None and
+                                                       state.queue is None):
+            return
+        where = state.owner or f"queue {state.queue}"
+        reason = f"score band {before or 'none'} -> {event.band}: follow up ({where})"
+        command = OpenTask(
+            task_id=derived_id(cause.event_id, "band-task"), kind=SCORE_BAND,
+            assignee=state.owner, due_at=cause.recorded_at + timedelta(minutes=minutes),
+            reason=reason,
+        )
+        self.appended += await execute(
+            self.commands, cause, command, derived_id(cause.event_id, "open-band-task"), reason,
+        )
+
+
+def routing_reactor(store: EventStore, commands: LeadCommands, pool: AsyncConnectionPool
+                    ) -> RoutingReactor:
+    """The reactor as `api/reactors.py` registers it."""
+    return RoutingReactor(store, commands, RoutingStore(pool), AttributeDefinitions(pool))

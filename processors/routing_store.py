@@ -1,0 +1,237 @@
+"""Routing's tables (migration 0026): each workspace's book (rules, teams, territories, SLA and
+fallback queue), the round-robin cursor per team, owners' loads, and the decisions made.
+
+A workspace routes leads only once it has a `routing_settings` row: saving any part of its book
+creates it. Decisions are stored by the id of what caused them (an event, or an overdue task),
+in the same transaction that reads and moves the team's cursor: a re-run of the same cause gets
+the stored decision back and never advances a rotation twice.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+
+import msgspec
+import psycopg
+from psycopg.types.json import Jsonb
+from psycopg_pool import AsyncConnectionPool
+
+from processors.assignment import settle
+from schema.routing import (
+    TEAM,
+    Decision,
+    RoutingBook,
+    RoutingRule,
+    SlaSettings,
+    Target,
+    Team,
+    TeamMember,
+    Territory,
+)
+
+
+class StoredDecision(msgspec.Struct, frozen=True, kw_only=True):
+    decision: Decision
+    task_id: str | None
+    decided_at: datetime
+
+
+_SETTINGS = "SELECT fallback_queue, sla::text, updated_at FROM routing_settings WHERE workspace = %s"
+_RULES = """SELECT rule_id, name, condition, target_kind, target, reassign, priority
+FROM routing_rules WHERE workspace = %s ORDER BY position"""
+_TEAMS = """SELECT team_id, name, strategy, escalation_owner, overflow_queue
+FROM routing_teams WHERE workspace = %s ORDER BY team_id"""
+_MEMBERS = """SELECT team_id, owner, capacity FROM routing_team_members
+WHERE workspace = %s ORDER BY team_id, position"""
+_TERRITORIES = """SELECT territory_id, name, countries, regions, target_kind, target
+FROM routing_territories WHERE workspace = %s ORDER BY position"""
+_TOUCH = """INSERT INTO routing_settings (workspace, updated_by) VALUES (%s, %s)
+ON CONFLICT (workspace) DO UPDATE SET updated_at = now(), updated_by = EXCLUDED.updated_by"""
+
+# Open follow-ups per owner: the tasks read model, plus recent decisions it has not caught up
+# with yet (no row of that task changed at or after the decision), so a burst of leads for one
+# team sees each assignment at once, not when the projection applies it. UNION: a task counts
+# once per owner.
+_LOADS = """
+SELECT owner, count(*) FROM (
+    SELECT assignee AS owner, task_id FROM tasks
+    WHERE workspace = %(ws)s AND status = 'open' AND assignee = ANY(%(owners)s)
+    UNION
+    SELECT d.owner, d.task_id FROM routing_decisions d
+    WHERE d.workspace = %(ws)s AND d.owner = ANY(%(owners)s) AND d.task_id IS NOT NULL
+      AND d.decided_at > now() - interval '1 day'
+      AND NOT EXISTS (SELECT 1 FROM tasks t WHERE t.workspace = d.workspace
+                      AND t.task_id = d.task_id AND t.changed_at >= d.decided_at)
+) open_work
+GROUP BY owner
+"""
+_STORED = """SELECT owner, team, queue, rule_id, rule_name, reason, priority, task_id, decided_at
+FROM routing_decisions WHERE workspace = %s AND source_id = %s"""
+_INSERT_DECISION = """INSERT INTO routing_decisions (workspace, source_id, lead_id, owner, team,
+queue, rule_id, rule_name, reason, priority, task_id) VALUES (%s, %s, %s, %s, %s, %s, %s, %s,
+%s, %s, %s) ON CONFLICT (workspace, source_id) DO NOTHING RETURNING decided_at"""
+_ENSURE_CURSOR = """INSERT INTO routing_cursors (workspace, team_id) VALUES (%s, %s)
+ON CONFLICT (workspace, team_id) DO NOTHING"""
+_LOCK_CURSOR = """SELECT next_member FROM routing_cursors WHERE workspace = %s AND team_id = %s
+FOR UPDATE"""
+_MOVE_CURSOR = """UPDATE routing_cursors SET next_member = %s WHERE workspace = %s AND team_id = %s
+RETURNING next_member"""
+
+
+class RoutingStore:
+    def __init__(self, pool: AsyncConnectionPool) -> None:
+        self.pool = pool
+
+    # -- the book ------------------------------------------------------------------------------
+
+    async def book(self, workspace: str) -> RoutingBook | None:
+        """The workspace's routing configuration; None if it never configured routing."""
+        async with self.pool.connection() as conn:
+            cur = await conn.execute(_SETTINGS, (workspace,))
+            settings = await cur.fetchone()
+            if settings is None:
+                return None
+            rules = [RoutingRule(id=r[0], name=r[1], condition=r[2], target_kind=r[3],
+                                 target=r[4], reassign=r[5], priority=r[6])
+                     for r in await (await conn.execute(_RULES, (workspace,))).fetchall()]
+            members: dict[str, list[TeamMember]] = {}
+            for team_id, owner, capacity in await (
+                await conn.execute(_MEMBERS, (workspace,))
+            ).fetchall():
+                members.setdefault(team_id, []).append(TeamMember(owner=owner, capacity=capacity))
+            teams = [Team(id=t[0], name=t[1], strategy=t[2], escalation_owner=t[3],
+                          overflow_queue=t[4], members=tuple(members.get(t[0], ())))
+                     for t in await (await conn.execute(_TEAMS, (workspace,))).fetchall()]
+            territories = [
+                Territory(id=t[0], name=t[1], countries=tuple(t[2]), regions=tuple(t[3]),
+                          target_kind=t[4], target=t[5])
+                for t in await (await conn.execute(_TERRITORIES, (workspace,))).fetchall()
+            ]
+        return RoutingBook(
+            rules=tuple(rules), teams=tuple(teams), territories=tuple(territories),
+            sla=msgspec.json.decode(settings[1], type=SlaSettings), fallback_queue=settings[0],
+            updated_at=settings[2],
+        )
+
+    async def workspaces(self) -> list[str]:
+        """Workspaces that route leads (the overdue sweeper visits each)."""
+        async with self.pool.connection() as conn:
+            cur = await conn.execute("SELECT workspace FROM routing_settings ORDER BY workspace")
+            return [row[0] for row in await cur.fetchall()]
+
+    async def save_rules(self, workspace: str, rules: Sequence[RoutingRule],
+                         fallback_queue: str | None, actor: str) -> None:
+        """Replaces the rules (their order is their list order)."""
+        async with self.pool.connection() as conn, conn.transaction():
+            await conn.execute(_TOUCH, (workspace, actor))
+            if fallback_queue is not None:
+                await conn.execute("UPDATE routing_settings SET fallback_queue = %s "
+                                   "WHERE workspace = %s", (fallback_queue, workspace))
+            await conn.execute("DELETE FROM routing_rules WHERE workspace = %s", (workspace,))
+            async with conn.cursor() as cur:
+                await cur.executemany(
+                    "INSERT INTO routing_rules (workspace, rule_id, position, name, condition, "
+                    "target_kind, target, reassign, priority) "
+                    "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)",
+                    [(workspace, r.id, i, r.name, r.condition, r.target_kind, r.target,
+                      r.reassign, r.priority) for i, r in enumerate(rules)],
+                )
+
+    async def save_teams(self, workspace: str, teams: Sequence[Team], actor: str) -> None:
+        """Replaces the teams (their rotations keep their place: cursors stay)."""
+        async with self.pool.connection() as conn, conn.transaction():
+            await conn.execute(_TOUCH, (workspace, actor))
+            await conn.execute("DELETE FROM routing_teams WHERE workspace = %s", (workspace,))
+            async with conn.cursor() as cur:
+                await cur.executemany(
+                    "INSERT INTO routing_teams (workspace, team_id, name, strategy, "
+                    "escalation_owner, overflow_queue) VALUES (%s, %s, %s, %s, %s, %s)",
+                    [(workspace, t.id, t.name, t.strategy, t.escalation_owner, t.overflow_queue)
+                     for t in teams],
+                )
+                await cur.executemany(
+                    "INSERT INTO routing_team_members (workspace, team_id, position, owner, "
+                    "capacity) VALUES (%s, %s, %s, %s, %s)",
+                    [(workspace, t.id, i, m.owner, m.capacity)
+                     for t in teams for i, m in enumerate(t.members)],
+                )
+
+    async def save_territories(
+        self, workspace: str, territories: Sequence[Territory], actor: str
+    ) -> None:
+        async with self.pool.connection() as conn, conn.transaction():
+            await conn.execute(_TOUCH, (workspace, actor))
+            await conn.execute("DELETE FROM routing_territories WHERE workspace = %s",
+                               (workspace,))
+            async with conn.cursor() as cur:
+                await cur.executemany(
+                    "INSERT INTO routing_territories (workspace, territory_id, position, name, "
+                    "countries, regions, target_kind, target) "
+                    "VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
+                    [(workspace, t.id, i, t.name, list(t.countries), list(t.regions),
+                      t.target_kind, t.target) for i, t in enumerate(territories)],
+                )
+
+    async def save_sla(self, workspace: str, sla: SlaSettings, actor: str) -> None:
+        async with self.pool.connection() as conn, conn.transaction():
+            await conn.execute(_TOUCH, (workspace, actor))
+            await conn.execute("UPDATE routing_settings SET sla = %s WHERE workspace = %s",
+                               (Jsonb(msgspec.to_builtins(sla)), workspace))
+
+    # -- decisions -----------------------------------------------------------------------------
+
+    async def decide(
+        self, workspace: str, source_id: str, lead_id: str, target: Target, book: RoutingBook,
+        task_id: str | None, *, exclude: str | None = None,
+    ) -> StoredDecision:
+        """The decision for `target`, made once per `source_id`: a team's cursor is read, locked
+        and moved in the same transaction as the decision is stored."""
+        async with self.pool.connection() as conn, conn.transaction():
+            found = await _stored(conn, workspace, source_id)
+            if found is not None:
+                return found
+            team = book.team(target.value) if target.kind == TEAM else None
+            cursor, loads = 0, {}
+            if team is not None:
+                # Decisions for one team take turns on its cursor row: each sees the cursor and
+                # the loads the one before it left.
+                await conn.execute(_ENSURE_CURSOR, (workspace, team.id))
+                cur = await conn.execute(_LOCK_CURSOR, (workspace, team.id))
+                cursor = (await cur.fetchone() or (0,))[0]
+                loads = await open_loads(conn, workspace, [m.owner for m in team.members])
+            decision, after = settle(target, book, loads, cursor, exclude)
+            cur = await conn.execute(_INSERT_DECISION, (
+                workspace, source_id, lead_id, decision.owner, decision.team, decision.queue,
+                decision.rule_id, decision.rule_name, decision.reason, decision.priority, task_id,
+            ))
+            inserted = await cur.fetchone()
+            if inserted is None:  # another process decided this cause meanwhile: theirs stands
+                stored = await _stored(conn, workspace, source_id)
+                assert stored is not None
+                return stored
+            if team is not None and after != cursor:
+                await conn.execute(_MOVE_CURSOR, (after, workspace, team.id))
+            return StoredDecision(decision=decision, task_id=task_id, decided_at=inserted[0])
+
+
+async def open_loads(
+    conn: psycopg.AsyncConnection, workspace: str, owners: Sequence[str]
+) -> dict[str, int]:
+    cur = await conn.execute(_LOADS, {"ws": workspace, "owners": list(owners)})
+    return {owner: count for owner, count in await cur.fetchall()}
+
+
+async def _stored(
+    conn: psycopg.AsyncConnection, workspace: str, source_id: str
+) -> StoredDecision | None:
+    cur = await conn.execute(_STORED, (workspace, source_id))
+    row = await cur.fetchone()
+    if row is None:
+        return None
+    owner, team, queue, rule_id, rule_name, reason, priority, task_id, decided_at = row
+    return StoredDecision(
+        decision=Decision(owner=owner, team=team, queue=queue, rule_id=rule_id,
+                          rule_name=rule_name, reason=reason, priority=priority),
+        task_id=task_id, decided_at=decided_at,
+    )
