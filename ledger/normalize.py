@@ -52,7 +52,10 @@ class InvalidEmailSyntax(ValueError):
     pass
 
 
+@lru_cache(maxsize=65_536)
 def normalize_email(raw: str) -> EmailNormalized:
+    """Cached: one create normalizes its email, derives its identity key from it and checks it,
+    and email-validator's IDNA checks are a create's largest pure cost."""
     text = raw.strip()
     try:
         result = validate_email(text, check_deliverability=False, allow_smtputf8=True)
