@@ -1,0 +1,409 @@
+"""/v1/webhooks: Standard Webhooks endpoints, their secrets, their delivery log and redelivery.
+
+Writes need an admin or ops key; any key of the workspace reads. An endpoint's URL is checked
+through processors/outbound.py when saved (a private or loopback address needs the workspace's
+allow-list) and again at every send. The signing secret is answered once, on create and on
+rotate, and never again (it is stored encrypted). Creating is not idempotent by key: replaying
+the stored answer would mean storing the secret in plaintext; a retried create that did reach
+the server leaves a second endpoint to delete.
+
+The event types, their descriptions and example payloads come from processors/webhook_events.py
+and processors/webhook_docs.py, the same code that builds what is sent.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+import msgspec
+from litestar import Controller, Request, delete, get, patch, post
+from litestar.params import Parameter
+from litestar.status_codes import HTTP_201_CREATED, HTTP_202_ACCEPTED, HTTP_204_NO_CONTENT
+from msgspec import UNSET, Meta, UnsetType
+
+from api.http.cursors import decode_cursor, encode_cursor, query_hash
+from api.http.problems import FieldError, ProblemError, problem_responses
+from api.http.services import Services
+from processors import webhook_deliveries
+from processors.outbound import BlockedDestination, OutboundGuard
+from processors.webhook_deliveries import Attempt, Delivery
+from processors.webhook_docs import example_builtins
+from processors.webhook_endpoints import Endpoint, EndpointSpec, WebhookEndpoints
+from processors.webhook_events import EVENT_TYPES
+from schema.positions import LogPosition
+
+WRITERS = frozenset({"admin", "ops"})
+Status = Literal["pending", "delivered", "failed", "cancelled"]
+EndpointId = Annotated[str, Parameter(max_length=64, description="The endpoint's id.")]
+
+
+def require_admin_or_ops(connection, _handler) -> None:  # type: ignore[no-untyped-def]
+    """Guard for writes; reads are open to every key of the workspace."""
+    if connection.scope.get("method") in ("GET", "HEAD"):
+        return
+    verified = connection.user
+    if verified is None or verified.key.role not in WRITERS:
+        raise ProblemError("forbidden", "only an admin or ops key may change webhooks")
+
+
+class WebhookCreate(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    url: Annotated[str, Meta(max_length=2000, description="Where to POST; http(s).")]
+    event_types: Annotated[list[str], Meta(
+        max_length=100, description="Webhook event types (GET /v1/webhooks/event-types); "
+        "empty or `lead.*`: every type.")] = []
+    filter: Annotated[str | None, Meta(
+        max_length=2000, description="A CEL expression over the payload (`type`, `timestamp`, "
+        "`data`), e.g. `data.event.stage == \"sql\"`; only matching events are sent.")] = None
+    description: Annotated[str, Meta(max_length=500)] = ""
+
+
+class WebhookPatch(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    url: Annotated[str, Meta(max_length=2000)] | UnsetType = UNSET
+    event_types: Annotated[list[str], Meta(max_length=100)] | UnsetType = UNSET
+    filter: Annotated[str | None, Meta(max_length=2000, description="null removes it.")] | \
+        UnsetType = UNSET
+    description: Annotated[str, Meta(max_length=500)] | UnsetType = UNSET
+
+
+class RotateSecret(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    previous_valid_for_s: Annotated[int, Meta(
+        ge=0, le=7 * 86_400, description="How long the old secret keeps signing too (two "
+        "signatures per request); 0 stops it at once.")] = 86_400
+    secret: Annotated[str | None, Meta(
+        max_length=200, description="A secret of your own (whsec_ + base64 of 24-64 bytes); "
+        "default: a new random one.")] = None
+
+
+class DisableRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    reason: Annotated[str | None, Meta(max_length=500)] = None
+
+
+class RedeliverRange(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    since: Annotated[datetime | None, Meta(description="Events recorded at or after.")] = None
+    until: Annotated[datetime | None, Meta(description="Events recorded before.")] = None
+    after: Annotated[str | None, Meta(
+        description="Events after this ledger position (`<tx>-<pos>`).")] = None
+    until_position: Annotated[str | None, Meta(
+        description="Events at or before this ledger position.")] = None
+
+
+class WebhookEndpointView(msgspec.Struct, frozen=True, kw_only=True):
+    id: str
+    url: str
+    description: str
+    event_types: list[str]
+    filter: str | None
+    enabled: bool
+    disabled_reason: str | None
+    previous_secret_expires_at: Annotated[datetime | None, Meta(
+        description="Until when the rotated-out secret still signs.")]
+    created_by: Annotated[str, Meta(description="The API key that created it.")]
+    created_at: datetime
+    updated_at: datetime
+
+
+class WebhookEndpointWithSecret(WebhookEndpointView, frozen=True, kw_only=True):
+    secret: Annotated[str, Meta(description="The signing secret: shown this once only.")]
+
+
+class WebhookEndpointPage(msgspec.Struct, frozen=True):
+    data: list[WebhookEndpointView]
+    next_cursor: str | None = None
+
+
+class WebhookEventTypeView(msgspec.Struct, frozen=True):
+    type: str
+    ledger_type: str
+    description: str
+    example: dict[str, Any]
+
+
+class AttemptView(msgspec.Struct, frozen=True):
+    at: datetime
+    outcome: Annotated[str, Meta(description="delivered, retry, failed or disabled (410).")]
+    status_code: int | None
+    latency_ms: float | None
+    error: str | None
+
+
+class DeliveryView(msgspec.Struct, frozen=True, kw_only=True):
+    id: int
+    webhook_id: str
+    event_id: str
+    event_type: str
+    lead_id: str
+    lead_version: int
+    position: str
+    event_at: datetime
+    status: Status
+    attempts: Annotated[int, Meta(description="Attempts in the current round (a redelivery "
+                                  "starts a new one; `attempt_log` keeps them all).")]
+    next_attempt_at: datetime | None
+    last_status_code: int | None
+    last_error: str | None
+    last_attempt_at: datetime | None
+    delivered_at: datetime | None
+    created_at: datetime
+    attempt_log: list[AttemptView]
+
+
+class DeliveryPage(msgspec.Struct, frozen=True):
+    data: list[DeliveryView]
+    next_cursor: str | None = None
+
+
+class RedeliveryCount(msgspec.Struct, frozen=True):
+    redelivered: int
+
+
+class _EndpointCursor(msgspec.Struct, frozen=True, array_like=True):
+    after_id: str
+
+
+class _DeliveryCursor(msgspec.Struct, frozen=True, array_like=True):
+    query: str
+    before_id: int
+
+
+def _view(endpoint: Endpoint) -> WebhookEndpointView:
+    fields = msgspec.structs.asdict(endpoint)
+    fields.pop("workspace")
+    fields["event_types"] = list(endpoint.event_types)
+    return WebhookEndpointView(**fields)
+
+
+def _with_secret(endpoint: Endpoint, secret: str) -> WebhookEndpointWithSecret:
+    return WebhookEndpointWithSecret(**msgspec.structs.asdict(_view(endpoint)), secret=secret)
+
+
+def _delivery_view(delivery: Delivery, attempts: list[Attempt]) -> DeliveryView:
+    return DeliveryView(
+        id=delivery.id, webhook_id=delivery.webhook_id, event_id=delivery.event_id,
+        event_type=delivery.event_type, lead_id=delivery.lead_id,
+        lead_version=delivery.lead_version, position=delivery.position.token(),
+        event_at=delivery.event_at, status=delivery.status,  # type: ignore[arg-type]
+        attempts=delivery.attempts,
+        next_attempt_at=delivery.next_attempt_at if delivery.status == "pending" else None,
+        last_status_code=delivery.last_status_code, last_error=delivery.last_error,
+        last_attempt_at=delivery.last_attempt_at, delivered_at=delivery.delivered_at,
+        created_at=delivery.created_at,
+        attempt_log=[AttemptView(at=a.at, outcome=a.outcome, status_code=a.status_code,
+                                 latency_ms=a.latency_ms, error=a.error) for a in attempts],
+    )
+
+
+def _position(value: str | None, field: str) -> LogPosition | None:
+    if value is None:
+        return None
+    try:
+        return LogPosition.parse(value)
+    except ValueError:
+        raise ProblemError("validation-failed", f"{field} is not a ledger position", errors=[
+            FieldError(field=field, message="a position like 90771-1842")]) from None
+
+
+def _not_found(endpoint_id: str) -> ProblemError:
+    return ProblemError("not-found", f"no webhook endpoint {endpoint_id} in this workspace")
+
+
+async def _check_destination(services: Services, workspace: str, url: str) -> None:
+    try:
+        await OutboundGuard(services.runtime.pool).check(workspace, url)
+    except BlockedDestination as exc:
+        raise ProblemError("validation-failed", f"url: {exc}", errors=[FieldError(
+            field="url", message=f"{exc} (PUT /v1/outbound/allowlist allows a network)")]) from None
+
+
+class WebhooksController(Controller):
+    path = "/v1/webhooks"
+    tags = ("webhooks",)
+    guards = (require_admin_or_ops,)
+
+    def _endpoints(self, services: Services) -> WebhookEndpoints:
+        return WebhookEndpoints(services.runtime.pool, services.runtime.keyring)
+
+    @get("/event-types", summary="Every webhook event type, with an example payload",
+         responses=problem_responses(401, 429))
+    async def event_types(self) -> list[WebhookEventTypeView]:
+        return [WebhookEventTypeView(type=t.type, ledger_type=t.ledger_type,
+                                     description=t.description,
+                                     example=example_builtins(t.ledger_type))
+                for t in EVENT_TYPES]
+
+    @post("/", status_code=HTTP_201_CREATED, summary="Add an endpoint (admin, ops)",
+          description="Answers with the signing secret, once.",
+          responses=problem_responses(400, 401, 403, 422, 429))
+    async def create(self, request: Request, data: WebhookCreate,
+                     services: Services) -> WebhookEndpointWithSecret:
+        key = request.user.key
+        spec = EndpointSpec(url=data.url, event_types=tuple(data.event_types),
+                            filter=data.filter, description=data.description)
+        await _check_destination(services, key.workspace, data.url)
+        endpoint, secret = await self._endpoints(services).create(key.workspace, spec, key.key_id)
+        return _with_secret(endpoint, secret)
+
+    @get("/", summary="The workspace's endpoints", responses=problem_responses(400, 401, 429))
+    async def index(
+        self, request: Request, services: Services,
+        cursor: Annotated[str | None, Parameter(description="next_cursor of the last page.")]
+        = None,
+        limit: Annotated[int, Parameter(ge=1, le=1000)] = 100,
+    ) -> WebhookEndpointPage:
+        after = decode_cursor(cursor, _EndpointCursor).after_id if cursor else ""
+        rows = await self._endpoints(services).page(request.user.key.workspace, after, limit + 1)
+        more = len(rows) > limit
+        rows = rows[:limit]
+        return WebhookEndpointPage(
+            data=[_view(e) for e in rows],
+            next_cursor=encode_cursor(_EndpointCursor(rows[-1].id)) if more else None,
+        )
+
+    @get("/{endpoint_id:str}", summary="One endpoint", responses=problem_responses(401, 404, 429))
+    async def show(self, request: Request, endpoint_id: EndpointId,
+                   services: Services) -> WebhookEndpointView:
+        endpoint = await self._endpoints(services).get(request.user.key.workspace, endpoint_id)
+        if endpoint is None:
+            raise _not_found(endpoint_id)
+        return _view(endpoint)
+
+    @patch("/{endpoint_id:str}", summary="Change an endpoint (admin, ops)",
+           responses=problem_responses(400, 401, 403, 404, 422, 429))
+    async def change(self, request: Request, endpoint_id: EndpointId, data: WebhookPatch,
+                     services: Services) -> WebhookEndpointView:
+        workspace = request.user.key.workspace
+        store = self._endpoints(services)
+        current = await store.get(workspace, endpoint_id)
+        if current is None:
+            raise _not_found(endpoint_id)
+        spec = EndpointSpec(
+            url=current.url if data.url is UNSET else data.url,
+            event_types=current.event_types if data.event_types is UNSET
+            else tuple(data.event_types),
+            filter=current.filter if data.filter is UNSET else data.filter,
+            description=current.description if data.description is UNSET else data.description,
+        )
+        if spec.url != current.url:
+            await _check_destination(services, workspace, spec.url)
+        updated = await store.update(workspace, endpoint_id, spec)
+        if updated is None:
+            raise _not_found(endpoint_id)
+        return _view(updated)
+
+    @delete("/{endpoint_id:str}", status_code=HTTP_204_NO_CONTENT,
+            summary="Delete an endpoint and its delivery log (admin, ops)",
+            responses=problem_responses(401, 403, 404, 429))
+    async def remove(self, request: Request, endpoint_id: EndpointId,
+                     services: Services) -> None:
+        if not await self._endpoints(services).delete(request.user.key.workspace, endpoint_id):
+            raise _not_found(endpoint_id)
+
+    @post("/{endpoint_id:str}/rotate-secret", status_code=200,
+          summary="Issue a new signing secret (admin, ops)",
+          description="The previous secret keeps signing too (a second signature) for "
+          "`previous_valid_for_s` seconds (default 24 h). The new secret is shown once.",
+          responses=problem_responses(400, 401, 403, 404, 422, 429))
+    async def rotate(self, request: Request, endpoint_id: EndpointId, services: Services,
+                     data: RotateSecret | None = None) -> WebhookEndpointWithSecret:
+        body = data or RotateSecret()
+        rotated = await self._endpoints(services).rotate(
+            request.user.key.workspace, endpoint_id,
+            previous_valid_s=body.previous_valid_for_s, secret=body.secret,
+        )
+        if rotated is None:
+            raise _not_found(endpoint_id)
+        return _with_secret(*rotated)
+
+    @post("/{endpoint_id:str}/enable", status_code=200, summary="Resume deliveries (admin, ops)",
+          responses=problem_responses(401, 403, 404, 429))
+    async def enable(self, request: Request, endpoint_id: EndpointId,
+                     services: Services) -> WebhookEndpointView:
+        return await self._set_enabled(request, services, endpoint_id, True, None)
+
+    @post("/{endpoint_id:str}/disable", status_code=200,
+          summary="Pause deliveries (admin, ops)",
+          description="Pending deliveries wait until the endpoint is enabled again; events "
+          "recorded meanwhile are not queued for it.",
+          responses=problem_responses(401, 403, 404, 429))
+    async def disable(self, request: Request, endpoint_id: EndpointId, services: Services,
+                      data: DisableRequest | None = None) -> WebhookEndpointView:
+        reason = (data.reason if data else None) or f"disabled by {request.user.key.key_id}"
+        return await self._set_enabled(request, services, endpoint_id, False, reason)
+
+    async def _set_enabled(self, request: Request, services: Services, endpoint_id: str,
+                           enabled: bool, reason: str | None) -> WebhookEndpointView:
+        endpoint = await self._endpoints(services).set_enabled(
+            request.user.key.workspace, endpoint_id, enabled, reason)
+        if endpoint is None:
+            raise _not_found(endpoint_id)
+        return _view(endpoint)
+
+    @get("/{endpoint_id:str}/deliveries", summary="The endpoint's delivery log, newest first",
+         description="Each delivery with its status and every attempt (response code, "
+         "latency, error).", responses=problem_responses(400, 401, 404, 429))
+    async def deliveries(
+        self, request: Request, endpoint_id: EndpointId, services: Services,
+        status: Annotated[Status | None, Parameter(description="Default: every status.")]
+        = None,
+        cursor: Annotated[str | None, Parameter(description="next_cursor of the last page.")]
+        = None,
+        limit: Annotated[int, Parameter(ge=1, le=1000)] = 100,
+    ) -> DeliveryPage:
+        workspace = request.user.key.workspace
+        if await self._endpoints(services).get(workspace, endpoint_id) is None:
+            raise _not_found(endpoint_id)
+        query = query_hash("webhook-deliveries", endpoint_id, status)
+        before = None
+        if cursor is not None:
+            decoded = decode_cursor(cursor, _DeliveryCursor)
+            if decoded.query != query:
+                raise ProblemError("bad-request", "the cursor belongs to another query", errors=[
+                    FieldError(field="query:cursor", message="use it with the same filters")])
+            before = decoded.before_id
+        async with services.runtime.pool.connection() as conn:
+            rows = await webhook_deliveries.page(conn, workspace, endpoint_id,
+                                                 before_id=before, status=status,
+                                                 limit=limit + 1)
+            more = len(rows) > limit
+            rows = rows[:limit]
+            attempts = await webhook_deliveries.attempts_of(conn, workspace,
+                                                            [d.id for d in rows])
+        return DeliveryPage(
+            data=[_delivery_view(d, attempts[d.id]) for d in rows],
+            next_cursor=encode_cursor(_DeliveryCursor(query, rows[-1].id)) if more else None,
+        )
+
+    @post("/{endpoint_id:str}/deliveries/{delivery_id:int}/redeliver",
+          status_code=HTTP_202_ACCEPTED, summary="Send one delivery again (admin, ops)",
+          description="With the same webhook-id; the retry schedule starts again.",
+          responses=problem_responses(401, 403, 404, 429))
+    async def redeliver_one(self, request: Request, endpoint_id: EndpointId, delivery_id: int,
+                            services: Services) -> DeliveryView:
+        workspace = request.user.key.workspace
+        async with services.runtime.pool.connection() as conn:
+            delivery = await webhook_deliveries.redeliver_one(conn, workspace, endpoint_id,
+                                                              delivery_id)
+            if delivery is None:
+                raise ProblemError("not-found", f"no delivery {delivery_id} of endpoint "
+                                   f"{endpoint_id} in this workspace")
+            attempts = await webhook_deliveries.attempts_of(conn, workspace, [delivery.id])
+        return _delivery_view(delivery, attempts[delivery.id])
+
+    @post("/{endpoint_id:str}/redeliver", status_code=HTTP_202_ACCEPTED,
+          summary="Send a range of deliveries again (admin, ops)",
+          description="Every delivery (not pending already) of the events recorded in "
+          "[`since`, `until`) and at ledger positions in (`after`, `until_position`]; none "
+          "given: all of them. Same webhook-ids; in order per lead.",
+          responses=problem_responses(400, 401, 403, 404, 422, 429))
+    async def redeliver_range(self, request: Request, endpoint_id: EndpointId,
+                              data: RedeliverRange, services: Services) -> RedeliveryCount:
+        workspace = request.user.key.workspace
+        if await self._endpoints(services).get(workspace, endpoint_id) is None:
+            raise _not_found(endpoint_id)
+        async with services.runtime.pool.connection() as conn:
+            count = await webhook_deliveries.redeliver_range(
+                conn, workspace, endpoint_id, since=data.since, until=data.until,
+                after=_position(data.after, "after"),
+                until_position=_position(data.until_position, "until_position"),
+            )
+        return RedeliveryCount(redelivered=count)
