@@ -256,6 +256,8 @@ def markdown(results: Results) -> str:
                            for k, v in setup.items() if k.startswith("index_"))
         lines += ["", (f"Fill {setup.get('fill_s', 0):.0f} s; index builds (CONCURRENTLY): "
                   f"{builds}.")]
+    if results.notes:
+        lines += ["", "Reading:", "", *(f"- {note}" for note in results.notes)]
     return "\n".join(lines)
 
 
