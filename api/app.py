@@ -43,6 +43,7 @@ from api.http.services import Services, provide_services
 from api.http.settings import HttpSettings, load_http_settings
 from api.http.tags import TagsController
 from api.http.vocabularies import VocabulariesController
+from api.http.webhooks import WebhooksController
 from api.http.workspace import KeysController, WorkspaceController
 from api.runtime import Runtime
 
@@ -81,6 +82,7 @@ def create_app(runtime: Runtime, settings: HttpSettings | None = None) -> Litest
             VocabulariesController, AttributesController,
             ActivitiesController, ScoresController, ScoringController,
             DeadLettersController, OutboundController,
+            WebhooksController,
         ],
         request_max_body_size=settings.max_body_bytes,
     )
@@ -147,6 +149,9 @@ def create_app(runtime: Runtime, settings: HttpSettings | None = None) -> Litest
                     "saved), activation and background rescoring, and each lead's score with "
                     "its decomposition and history."),
                 Tag(name="events", description="The ledger as a change feed."),
+                Tag(name="webhooks", description="Standard Webhooks: endpoints with event-type "
+                    "and CEL filters, signing secrets and their rotation, the delivery log and "
+                    "redelivery."),
                 Tag(name="workspace", description="The workspace's policy and API keys."),
                 Tag(name="operations", description="Health, readiness, problem types."),
             ],

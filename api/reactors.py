@@ -13,9 +13,11 @@ from collections.abc import Callable
 from api.runtime import Runtime
 from processors.reactor import Reactor, ReactorRunner
 from processors.routing import routing_reactor
+from processors.webhooks import webhooks_reactor
 
 REACTORS: dict[str, Callable[[Runtime], Reactor]] = {
     "route": lambda runtime: routing_reactor(runtime.store, runtime.commands, runtime.pool),
+    "webhooks": lambda runtime: webhooks_reactor(runtime.pool, runtime.keyring),
 }
 """Name → factory: one line per reactor."""
 

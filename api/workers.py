@@ -7,6 +7,7 @@
     python -m api.workers project score-history
     python -m api.workers rescore                  (resumes rescore jobs whose process died)
     python -m api.workers react enrich [--partitions 0,1]   (a reactor: api/reactors.py)
+    python -m api.workers send-webhooks            (the webhook sender; any number may run)
 
 Each reads its settings from the environment (external servers only: LEADLEDGER_DATABASE_URL,
 LEADLEDGER_NATS_URL, LEADLEDGER_MASTER_KEY, LEADLEDGER_STREAM and LEADLEDGER_SUBJECT_PREFIX are
@@ -46,6 +47,7 @@ from processors.overdue import every_s_from_env as overdue_every_s
 from processors.rescore import Rescorer, max_per_s_from_env
 from processors.routing_store import RoutingStore
 from processors.scoring import ScoringProcessor
+from processors.webhook_sender import SenderOptions, WebhookSender
 from projections.duplicates import DuplicatesProjection
 from projections.leads import LeadsProjection
 from projections.runner import Projection, ProjectionRunner
@@ -77,7 +79,8 @@ BATCH_SIZES = {"scoring": 100}
 horizon of every reader until it commits: its batches stay small (the default is 500)."""
 
 _USAGE = (
-    "usage: python -m api.workers relay | rescore | project <" + "|".join(PROJECTIONS) + ">"
+    "usage: python -m api.workers relay | rescore | send-webhooks"
+    " | project <" + "|".join(PROJECTIONS) + ">"
     " | react <" + "|".join(REACTORS) + "> [--partitions 0,1,...]"
 )
 
@@ -110,6 +113,10 @@ def make_sweeper(runtime: Runtime) -> OverdueSweeper:
                           runtime.pool, every_s=overdue_every_s())
 
 
+def make_webhook_sender(runtime: Runtime) -> WebhookSender:
+    return WebhookSender(runtime.store, runtime.pool, runtime.keyring, SenderOptions.from_env())
+
+
 def _max_age_s(settings: Settings) -> float:
     return settings.stream_max_age_days * 86_400
 
@@ -120,6 +127,9 @@ async def run_workers(runtime: Runtime, stop: asyncio.Event) -> None:
         group.create_task(_supervise("relay", lambda: make_relay(runtime).run(stop), stop))
         group.create_task(
             _supervise("rescore", lambda: make_rescorer(runtime).resume(stop), stop)
+        )
+        group.create_task(
+            _supervise("webhook sender", lambda: make_webhook_sender(runtime).run(stop), stop)
         )
         group.create_task(_supervise("overdue", lambda: make_sweeper(runtime).run(stop), stop))
         for name in PROJECTIONS:
@@ -167,6 +177,8 @@ async def run_one(argv: list[str], settings: Settings) -> None:
             await make_relay(runtime).run(stop)
         elif argv == ["rescore"]:
             await make_rescorer(runtime).resume(stop)
+        elif argv == ["send-webhooks"]:
+            await make_webhook_sender(runtime).run(stop)
         elif argv[0] == "react":
             runners = make_reactor_runners(runtime, argv[1], _partitions(argv[2:]))
             await asyncio.gather(*(runner.run(stop) for runner in runners))
@@ -185,7 +197,7 @@ def _partitions(args: list[str]) -> list[int] | None:
 
 
 def _valid(argv: list[str]) -> bool:
-    if argv in (["relay"], ["rescore"]):
+    if argv in (["relay"], ["rescore"], ["send-webhooks"]):
         return True
     if len(argv) == 2 and argv[0] == "project":
         return argv[1] in PROJECTIONS
