@@ -37,11 +37,13 @@ from api.http.openapi import finish_openapi
 from api.http.outbound import OutboundController
 from api.http.problems import handle_exception
 from api.http.quality import QualityController
+from api.http.routing import RoutingController
 from api.http.scores import ScoresController
 from api.http.scoring import ScoringController
 from api.http.services import Services, provide_services
 from api.http.settings import HttpSettings, load_http_settings
 from api.http.tags import TagsController
+from api.http.tasks import TasksController
 from api.http.vocabularies import VocabulariesController
 from api.http.webhooks import WebhooksController
 from api.http.workspace import KeysController, WorkspaceController
@@ -82,6 +84,7 @@ def create_app(runtime: Runtime, settings: HttpSettings | None = None) -> Litest
             VocabulariesController, AttributesController,
             ActivitiesController, ScoresController, ScoringController,
             DeadLettersController, OutboundController,
+            RoutingController, TasksController,
             WebhooksController,
         ],
         request_max_body_size=settings.max_body_bytes,
@@ -148,6 +151,10 @@ def create_app(runtime: Runtime, settings: HttpSettings | None = None) -> Litest
                 Tag(name="scoring", description="Scoring models (versioned, immutable once "
                     "saved), activation and background rescoring, and each lead's score with "
                     "its decomposition and history."),
+                Tag(name="routing", description="Assignment rules (CEL, in order), teams with "
+                    "round-robin or least-loaded and capacity, territories, the fallback queue "
+                    "and the follow-up SLA."),
+                Tag(name="tasks", description="Follow-up tasks: list, complete, reassign."),
                 Tag(name="events", description="The ledger as a change feed."),
                 Tag(name="webhooks", description="Standard Webhooks: endpoints with event-type "
                     "and CEL filters, signing secrets and their rotation, the delivery log and "

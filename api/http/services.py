@@ -16,6 +16,7 @@ from ledger.attribute_definitions import AttributeDefinitions
 from ledger.scoring_models import ScoringModels
 from processors.outbound import OutboundGuard
 from processors.rescore import Rescorer, max_per_s_from_env
+from processors.routing_store import RoutingStore
 
 
 @dataclass(frozen=True)
@@ -30,6 +31,7 @@ class Services:
     scoring: ScoringModels
     rescorer: Rescorer
     """Runs the rescore jobs this process's activations start (api/http/scoring.py)."""
+    routing: RoutingStore
     outbound: OutboundGuard
 
     @classmethod
@@ -50,6 +52,7 @@ class Services:
             outbound=runtime.outbound,
             rescorer=Rescorer(runtime.store, runtime.commands, scoring, runtime.pool,
                               max_per_s=max_per_s_from_env()),
+            routing=RoutingStore(runtime.pool),
         )
 
 
