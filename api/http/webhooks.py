@@ -52,16 +52,17 @@ class WebhookCreate(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     event_types: Annotated[list[str], Meta(
         max_length=100, description="Webhook event types (GET /v1/webhooks/event-types); "
         "empty or `lead.*`: every type.")] = []
-    filter: Annotated[str | None, Meta(
+    filter: Annotated[str, Meta(
         max_length=2000, description="A CEL expression over the payload (`type`, `timestamp`, "
-        "`data`), e.g. `data.event.stage == \"sql\"`; only matching events are sent.")] = None
+        "`data`), e.g. `data.event.stage == \"sql\"`; only matching events are sent.")] | None \
+        = None
     description: Annotated[str, Meta(max_length=500)] = ""
 
 
 class WebhookPatch(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     url: Annotated[str, Meta(max_length=2000)] | UnsetType = UNSET
     event_types: Annotated[list[str], Meta(max_length=100)] | UnsetType = UNSET
-    filter: Annotated[str | None, Meta(max_length=2000, description="null removes it.")] | \
+    filter: Annotated[str, Meta(max_length=2000, description="null removes it.")] | None | \
         UnsetType = UNSET
     description: Annotated[str, Meta(max_length=500)] | UnsetType = UNSET
 
@@ -70,13 +71,13 @@ class RotateSecret(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     previous_valid_for_s: Annotated[int, Meta(
         ge=0, le=7 * 86_400, description="How long the old secret keeps signing too (two "
         "signatures per request); 0 stops it at once.")] = 86_400
-    secret: Annotated[str | None, Meta(
+    secret: Annotated[str, Meta(
         max_length=200, description="A secret of your own (whsec_ + base64 of 24-64 bytes); "
-        "default: a new random one.")] = None
+        "default: a new random one.")] | None = None
 
 
 class DisableRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    reason: Annotated[str | None, Meta(max_length=500)] = None
+    reason: Annotated[str, Meta(max_length=500)] | None = None
 
 
 class RedeliverRange(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
