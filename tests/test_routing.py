@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from litestar.testing import TestClient
 
-from tests.http_support import *  # noqa: F403
+from tests.http_support import *
 from tests.http_support import Keys, auth
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
@@ -76,7 +76,7 @@ def tasks(tc: TestClient, token: str, query: str = "") -> list[dict]:
 
 
 def when(text: str) -> datetime:
-    return datetime.fromisoformat(text.replace("Z", "+00:00"))
+    return datetime.fromisoformat(text)
 
 
 def test_leads_are_routed_and_followed_up(tc: TestClient, keys: Keys) -> None:
