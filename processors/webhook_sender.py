@@ -20,7 +20,7 @@ covers retries falling due and a lost notification.
 
 Settings (environment, read when a sender is built): LEADLEDGER_WEBHOOK_RETRY_SCALE (default 1;
 tests shrink the schedule), LEADLEDGER_WEBHOOK_TIMEOUT_S (15), LEADLEDGER_WEBHOOK_CONCURRENCY
-(32).
+(32), LEADLEDGER_WEBHOOK_POLL_S (0.25: how soon a retry falling due is seen).
 """
 
 from __future__ import annotations
@@ -78,6 +78,7 @@ class SenderOptions:
             retry_scale=float(env.get("LEADLEDGER_WEBHOOK_RETRY_SCALE") or 1.0),
             timeout_s=float(env.get("LEADLEDGER_WEBHOOK_TIMEOUT_S") or 15.0),
             concurrency=int(env.get("LEADLEDGER_WEBHOOK_CONCURRENCY") or 32),
+            poll_s=float(env.get("LEADLEDGER_WEBHOOK_POLL_S") or 0.25),
         )
 
 
