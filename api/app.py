@@ -28,6 +28,7 @@ from api.http.bounces import BounceController
 from api.http.context import RequestContextMiddleware
 from api.http.dead_letters import DeadLettersController
 from api.http.duplicates import DuplicatesController, MergeController
+from api.http.enrichment import EnrichLeadController, EnrichmentController
 from api.http.events import EventsController
 from api.http.health import HealthController
 from api.http.history import HistoryController
@@ -84,6 +85,7 @@ def create_app(runtime: Runtime, settings: HttpSettings | None = None) -> Litest
             VocabulariesController, AttributesController,
             ActivitiesController, ScoresController, ScoringController,
             DeadLettersController, OutboundController,
+            EnrichLeadController, EnrichmentController,
             RoutingController, TasksController,
             WebhooksController,
         ],
@@ -155,6 +157,8 @@ def create_app(runtime: Runtime, settings: HttpSettings | None = None) -> Litest
                     "round-robin or least-loaded and capacity, territories, the fallback queue "
                     "and the follow-up SLA."),
                 Tag(name="tasks", description="Follow-up tasks: list, complete, reassign."),
+                Tag(name="enrichment", description="Enrichment: re-enrich a lead on demand, "
+                    "the workspace's HTTP providers and settings, and its firmographics table."),
                 Tag(name="events", description="The ledger as a change feed."),
                 Tag(name="webhooks", description="Standard Webhooks: endpoints with event-type "
                     "and CEL filters, signing secrets and their rotation, the delivery log and "

@@ -11,11 +11,14 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from api.runtime import Runtime
+from processors.enrichment import build_enrichment
 from processors.reactor import Reactor, ReactorRunner
 from processors.routing import routing_reactor
 from processors.webhooks import webhooks_reactor
 
 REACTORS: dict[str, Callable[[Runtime], Reactor]] = {
+    "enrich": lambda r: build_enrichment(r.store, r.commands, r.pool, r.keyring, r.quality,
+                                         r.outbound),
     "route": lambda runtime: routing_reactor(runtime.store, runtime.commands, runtime.pool),
     "webhooks": lambda runtime: webhooks_reactor(runtime.pool, runtime.keyring),
 }

@@ -28,6 +28,8 @@ WINDOW_S = 60
 PUBLIC_PREFIXES = ("/health", "/ready", "/schema", "/problems")
 READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
+CSV_BODY_PATHS = ("/v1/enrichment/firmographics",)
+"""Routes whose body is text/csv (firmographics uploads), not JSON."""
 
 
 class Quota(msgspec.Struct, frozen=True):
@@ -126,7 +128,8 @@ class AccessMiddleware:
                 headers={"Retry-After": str(quota.reset_s),
                          **{k.decode(): v.decode() for k, v in extra}},
             )
-        if scope.get("method") in BODY_METHODS and not _json_body(scope):
+        if (scope.get("method") in BODY_METHODS and not _json_body(scope)
+                and not path.startswith(CSV_BODY_PATHS)):
             raise ProblemError(
                 "unsupported-media-type", "send request bodies as application/json",
                 headers={k.decode(): v.decode() for k, v in extra},

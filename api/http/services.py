@@ -15,6 +15,8 @@ from api.runtime import Runtime
 from ledger.attribute_definitions import AttributeDefinitions
 from ledger.scoring_models import ScoringModels
 from processors.outbound import OutboundGuard
+from processors.providers.firmographics import Firmographics
+from processors.providers.http_configs import EnrichmentConfigs
 from processors.rescore import Rescorer, max_per_s_from_env
 from processors.routing_store import RoutingStore
 
@@ -33,6 +35,8 @@ class Services:
     """Runs the rescore jobs this process's activations start (api/http/scoring.py)."""
     routing: RoutingStore
     outbound: OutboundGuard
+    enrichment: EnrichmentConfigs
+    firmographics: Firmographics
 
     @classmethod
     def build(cls, runtime: Runtime, settings: HttpSettings) -> Services:
@@ -50,6 +54,8 @@ class Services:
             attributes=AttributeDefinitions(runtime.pool),
             scoring=(scoring := ScoringModels(runtime.pool)),
             outbound=runtime.outbound,
+            enrichment=EnrichmentConfigs(runtime.pool, runtime.keyring),
+            firmographics=Firmographics(runtime.pool),
             rescorer=Rescorer(runtime.store, runtime.commands, scoring, runtime.pool,
                               max_per_s=max_per_s_from_env()),
             routing=RoutingStore(runtime.pool),
