@@ -1,0 +1,95 @@
+"""Kill -9 of the webhooks reactor and of the webhook sender, at random moments, under a write load
+(both run as `python -m api.workers` subprocesses; the relay runs in the test). The receiver
+(a real HTTP server on loopback, failing now and then) verifies every signature and keeps the
+first copy of each webhook-id: in the end it holds exactly one webhook per event of the
+endpoint's workspace, and each lead's events arrived in ledger order. Duplicated requests (a
+sender killed between the request and recording its result) are allowed: same webhook-id."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections import defaultdict
+from collections.abc import Iterator
+
+import pytest
+from pytest_httpserver import HTTPServer
+
+from processors import webhook_deliveries
+from processors.outbound import OutboundGuard
+from processors.webhook_endpoints import EndpointSpec, WebhookEndpoints
+from processors.webhook_events import webhook_id
+from tests.pipeline_support import eventually, make_relay, read_ledger, running, write_leads
+from tests.test_pipeline_faults import Worker
+from tests.test_webhooks import Receiver
+
+pytestmark = pytest.mark.slow
+
+LEADS = 400  # about 1,600 events, half of them in the endpoint's workspace
+FAST = {
+    "LEADLEDGER_WEBHOOK_RETRY_SCALE": "0.0002",
+    "LEADLEDGER_WEBHOOK_TIMEOUT_S": "2",  # a killed sender's claims fall due after 5 s
+    "LEADLEDGER_WEBHOOK_POLL_S": "0.05",
+    "LEADLEDGER_LOG_LEVEL": "error",
+}
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    server = HTTPServer(host="127.0.0.1", threaded=True)
+    server.start()
+    yield Receiver(server)
+    server.clear()
+    server.stop()
+
+
+async def test_reactor_and_sender_killed_at_random_moments_under_load(
+    infra, store, pool, keyring, tmp_path, receiver
+):
+    await OutboundGuard(pool).set_allowlist("ws-a", ["127.0.0.0/8"])
+    endpoint, secret = await WebhookEndpoints(pool, keyring).create(
+        "ws-a", EndpointSpec(url=receiver.url), "test")
+    receiver.secrets.append(secret)
+    flaky = random.Random(5)
+    receiver.respond = lambda msg_id, seen: (500, {}) if flaky.random() < 0.1 else (204, {})
+    workers = [Worker(infra, ["react", "webhooks"], tmp_path / "reactor.log"),
+               Worker(infra, ["send-webhooks"], tmp_path / "sender.log")]
+    for worker in workers:
+        worker.env.update(FAST)
+        worker.start()
+    rng = random.Random()
+    async with running(make_relay(infra, store, pool)):
+        load = asyncio.create_task(write_leads(store, LEADS, writers=2, pause_s=0.03, seed=31))
+        while not load.done():
+            await asyncio.sleep(rng.uniform(0.3, 1.0))
+            victim = rng.choice(workers)
+            victim.kill()  # SIGKILL: mid-batch, mid-request, mid-start-up
+            victim.start()
+        await load
+        ledger = [r for r in await read_ledger(store) if r.workspace == "ws-a"]
+        expected = {webhook_id(endpoint.id, r.event_id): r for r in ledger}
+
+        async def all_received() -> bool:
+            await asyncio.sleep(0.2)
+            return set(receiver.deduped()) == set(expected)
+
+        await eventually(all_received, 180, "every event to reach the receiver")
+    assert [w.stop() for w in workers] == [0, 0]  # SIGTERM stops both cleanly
+    assert sum(w.kills for w in workers) >= 4 and len(expected) >= 700
+
+    kept = receiver.deduped()
+    assert set(kept) == set(expected)  # nothing lost, nothing foreign
+    assert all(r.verified_with == [0] for r in receiver.requests)
+    arrival: dict[str, list[int]] = defaultdict(list)
+    for msg_id, first in kept.items():  # dicts keep insertion order: first acceptance order
+        assert first.payload["data"]["event_id"] == expected[msg_id].event_id
+        arrival[expected[msg_id].stream_id].append(expected[msg_id].version)
+    assert all(versions == sorted(versions) for versions in arrival.values())
+    async with pool.connection() as conn:
+        rows = await webhook_deliveries.page(conn, "ws-a", endpoint.id, before_id=None,
+                                             status=None, limit=10_000)
+    assert len(rows) == len(expected)  # one delivery per event, however often a batch re-ran
+    assert {r.status for r in rows} == {"delivered"}
+    repeats = len(receiver.accepted()) - len(kept)
+    print(f"{len(expected)} events, {len(receiver.requests)} requests, {repeats} repeated after"
+          f" a kill, kills: {[w.kills for w in workers]}")
