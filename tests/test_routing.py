@@ -236,3 +236,30 @@ def test_overdue_tasks_are_escalated_then_rerouted(tc: TestClient, keys: Keys) -
     assert (lead["team"], lead["assigned_by"]) == ("t", "overdue")
     time.sleep(1.0)  # more sweeps: an escalated task is not escalated again
     assert len(of_type(tc, keys.admin, "LeadTaskReassigned")[second]) == 1
+
+
+def test_crossing_into_a_band_with_an_sla_opens_a_follow_up(tc: TestClient, keys: Keys) -> None:
+    model = {"model_id": "inbound", "rules": [
+        {"name": "demo", "expression": "activity.demo_request.count > 0", "points": 40}],
+        "bands": [{"name": "hot", "min_score": 40}, {"name": "cold", "min_score": 0}]}
+    saved = tc.post("/v1/scoring/models", json=model, headers=auth(keys.admin))
+    assert saved.status_code == 201, saved.text
+    assert tc.post("/v1/scoring/models/inbound/versions/1/activate",
+                   headers=auth(keys.admin)).status_code in (200, 202)
+    put(tc, keys.admin, "sla", {"default_minutes": 600, "by_band": {"hot": 30}})
+    put(tc, keys.admin, "rules", {"rules": [{"id": "all", "name": "All", "condition": "true",
+                                             "target_kind": "owner", "target": "ann"}]})
+    lead = create(tc, keys.sales, 1)
+    until(lambda: len(tasks(tc, keys.sales, f"?lead={lead}")) == 1, "the first follow-up")
+    demo = tc.post(f"/v1/leads/{lead}/activities", json={"kind": "demo_request"},
+                   headers=auth(keys.sales))
+    assert demo.status_code == 201, demo.text
+    band = until(lambda: [t for t in tasks(tc, keys.sales, f"?lead={lead}")
+                          if t["kind"] == "score-band"], "the band follow-up")[0]
+    scored = next(e for e in of_type(tc, keys.admin, "LeadScored")[lead]
+              if e["data"]["band"] == "hot")
+    assert band["assignee"] == "ann" and "cold -> hot" in band["reason"]
+    assert when(band["due_at"]) - when(scored["recorded_at"]) == timedelta(minutes=30)
+    # The first score (band cold, no SLA of its own) opened nothing: one follow-up, one band task.
+    assert Counter(t["kind"] for t in tasks(tc, keys.sales, f"?lead={lead}")) == {
+        "follow-up": 1, "score-band": 1}
