@@ -23,6 +23,7 @@ from psycopg_pool import PoolTimeout
 
 from api.cli_runtime import cli_settings, data_dir_option
 from api.embedded import EmbeddedError
+from api.enrichment_cli import firmographics
 from api.keys_cli import keys
 from api.lead_cli import lead
 from api.pipeline_cli import replay, status
@@ -119,7 +120,7 @@ def migrate(data_dir: Path | None) -> None:
         click.echo("the database is up to date")
 
 
-for command in (lead, status, replay, keys, rescore):
+for command in (lead, status, replay, keys, rescore, firmographics):
     cli.add_command(command)
 
 

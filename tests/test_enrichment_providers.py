@@ -395,3 +395,28 @@ def test_config_problems_name_their_fields() -> None:
     assert fields == ["url", "url", "auth_header", "timeout_s", "retries", "mapping[0].path",
                       "mapping[0].value", "mapping[1]", "mapping[2].field"]
     assert problems(http_config("https://api.example/?e={email}")) == []
+
+
+# -- the CLI --------------------------------------------------------------------------------------
+
+
+def test_cli_loads_a_csv_and_reports_rejected_lines(infra, tmp_path) -> None:
+    from tests.test_cli import cli_env, run_cli
+
+    path = tmp_path / "firms.csv"
+    rows = [f"firm{n}.example,Firm {n},SaaS,1-10,,GB,Python" for n in range(2_500)]
+    path.write_text(CSV.splitlines()[0] + "\n" + "\n".join(rows) + "\nnot a domain,x,,,,,\n")
+    env = cli_env(infra)
+    done = run_cli("firmographics", "load", str(path), "--workspace", "acme", env=env)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == [
+        "2500 inserted, 0 updated, 1 rejected",
+        "  line 2502: domain 'not a domain' is not a domain name",
+    ]
+    again = run_cli("firmographics", "load", str(path), "-w", "acme", "--json", env=env)
+    report = msgspec.json.decode(again.stdout)
+    assert (report["inserted"], report["updated"], len(report["rejected"])) == (0, 2500, 1)
+    bad = tmp_path / "bad.csv"
+    bad.write_text("domain,colour\n")
+    failed = run_cli("firmographics", "load", str(bad), "-w", "acme", env=env)
+    assert failed.returncode == 1 and "unknown column" in failed.stderr
