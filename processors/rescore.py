@@ -35,8 +35,10 @@ from psycopg_pool import AsyncConnectionPool
 
 from ledger.checkpoints import read_checkpoint
 from ledger.errors import ConcurrencyError, LeadGone, LeadNotFound
+from ledger.lead import ERASED, MERGED, fold
 from ledger.lead_commands import LeadCommands
 from ledger.lease import lock_id, pool_conninfo, wait_for_stop
+from ledger.relay import CHANNEL
 from ledger.scoring_models import ModelVersion, ScoringModels
 from ledger.store import EventStore
 from processors.lead_facts import fold_facts
@@ -278,7 +280,8 @@ class Rescorer:
     ) -> int | None:
         """1 if the lead's score changed, 0 if not; None if the model is no longer active."""
         stream = await self.store.read_stream(job.workspace, lead_id)
-        if not stream.events:
+        state = fold([r.event for r in stream.events])
+        if not stream.events or state.status in (ERASED, MERGED):
             return 0
         try:
             result = score_lead(compiled, fold_facts(stream.events), job.started_at)
@@ -286,6 +289,10 @@ class Rescorer:
             log.exception("rescoring a lead failed", job_id=job.job_id, lead_id=lead_id)
             return 0
         command = score_command(model, result, None, CAUSE)
+        if command.digest == state.score_digest:
+            # Unchanged (the processor got there first): no transaction at all, so nothing
+            # holds the ledger's gap-safe horizon back for live writes.
+            return 0
         metadata = EventMetadata(actor=ACTOR, source=SOURCE, causation_id=job.job_id,
                                  correlation_id=job.job_id,
                                  reason=f"model {model.label} activated")
@@ -302,6 +309,10 @@ class Rescorer:
                         job.workspace, lead_id, command, metadata, event_ids=[event_id],
                         conn=conn,
                     )
+                    if not outcome.events:
+                        # Nothing appended, so no NOTIFY of ours: announce the commit anyway,
+                        # for the writes that committed behind this transaction.
+                        await conn.execute("SELECT pg_notify(%s, '')", (CHANNEL,))
                 return 1 if outcome.events else 0
             except (LeadGone, LeadNotFound):
                 return 0

@@ -32,7 +32,9 @@ import psycopg
 import structlog
 
 from ledger.errors import ConcurrencyError, LeadGone, LeadNotFound
+from ledger.lead import fold
 from ledger.lead_commands import LeadCommands
+from ledger.relay import CHANNEL
 from ledger.scoring_models import ModelVersion, ScoringModels
 from ledger.store import EventStore, RecordedEvent
 from processors.lead_facts import fold_facts
@@ -139,6 +141,12 @@ class ScoringProcessor:
             model = active[workspace]
             if model is not None:
                 await self._score(conn, model, cause)
+        if causes:
+            # This transaction held the gap-safe horizon back while it scored: writes that
+            # committed meanwhile were announced to the relay before it could read them, and
+            # appends coalesce their NOTIFYs. Announcing this commit wakes the relay at once
+            # instead of at its next poll (a second later).
+            await conn.execute("SELECT pg_notify(%s, '')", (CHANNEL,))
 
     async def _score(
         self, conn: psycopg.AsyncConnection, model: ModelVersion, cause: RecordedEvent
@@ -157,6 +165,8 @@ class ScoringProcessor:
                           lead_id=cause.stream_id, model=model.label, cause=cause.event_id)
             return
         command = score_command(model, result, cause.event_id, cause.event.event_type)
+        if command.digest == fold([r.event for r in stream.events]).score_digest:
+            return  # unchanged: what the decider would conclude, without reading the stream again
         meta = cause.metadata
         metadata = EventMetadata(
             actor=ACTOR, source=SOURCE, causation_id=cause.event_id,
