@@ -10,6 +10,7 @@ same batch applied twice (a redelivery) appends one score and one history row.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import statistics
 import time
@@ -22,9 +23,13 @@ from litestar.testing import TestClient
 from psycopg_pool import AsyncConnectionPool
 
 from ledger.lead_commands import LeadCommands
+from ledger.lease import lock_id
 from ledger.scoring_models import ScoringModels
 from ledger.store import EventStore
+from processors.rescore import Rescorer, create_job, get_job
 from processors.scoring import ScoringProcessor
+from projections.leads import LeadsProjection
+from projections.runner import apply_batch
 from projections.score_history import ScoreHistoryProjection, latest_score, score_history
 from schema.commands import CreateLead, RecordActivity
 from schema.events import LeadFields
@@ -345,3 +350,50 @@ async def _now(pool: AsyncConnectionPool) -> Any:
         cur = await conn.execute("SELECT now()")
         row = await cur.fetchone()
     return row[0]
+
+
+async def test_a_rescore_job_resumes_after_its_last_recorded_lead(
+    pool: AsyncConnectionPool, store: EventStore,
+) -> None:
+    models = ScoringModels(pool)
+    spec = ScoringModelSpec(rules=(ScoringRule(name="initech", points=10,
+                                               expression='lead.company == "Initech"'),))
+    commands = LeadCommands(store)
+    meta = EventMetadata(actor=Actor(key_id="test", role="admin"), source="api")
+    ids = [f"L{n}" for n in range(6)]
+    for lead_id in ids:
+        await commands.execute("acme", lead_id, CreateLead(lead_id=lead_id, fields=LeadFields(
+            company="Initech"), stage="lead"), meta)
+    async with pool.connection() as conn:  # the lead read model, as its projection makes it
+        await apply_batch(conn, LeadsProjection(store), await store.read_all(LogPosition(), 100),
+                          LogPosition())
+    await models.save("acme", "m", spec, "k")
+    async with pool.connection() as conn, conn.transaction():
+        model, _ = await models.activate("acme", "m", 1, "k", conn=conn)
+        job = await create_job(conn, model)
+        # As if a process scored the first three leads, recorded it, and died.
+        await conn.execute("UPDATE rescore_jobs SET done = 3, last_lead_id = 'L2' "
+                           "WHERE job_id = %s", (job.job_id,))
+    rescorer = Rescorer(store, commands, models, pool, max_per_s=1000)
+
+    # Held by another process: this one leaves it alone.
+    async with await psycopg.AsyncConnection.connect(pool.conninfo, autocommit=True) as other:
+        await other.execute("SELECT pg_advisory_lock(%s)", (lock_id(f"rescore:{job.job_id}"),))
+        await rescorer.run(job.job_id)
+        async with pool.connection() as conn:
+            assert (await get_job(conn, job.job_id)).status == "running"
+
+    stop = asyncio.Event()
+    resumer = asyncio.create_task(rescorer.resume(stop, every_s=0.1))
+    for _ in range(200):
+        async with pool.connection() as conn:
+            finished = await get_job(conn, job.job_id)
+        if finished.status == "done":
+            break
+        await asyncio.sleep(0.05)
+    stop.set()
+    await resumer
+    assert finished.status == "done" and finished.done == 6 and finished.changed == 3
+    scored = {e.stream_id for e in await store.read_all(LogPosition(), 1000)
+              if e.event.event_type == "LeadScored"}
+    assert scored == {"L3", "L4", "L5"}  # after the last lead it had recorded, and only those
