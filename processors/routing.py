@@ -26,6 +26,7 @@ decision's reason.
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Sequence
 from datetime import timedelta
@@ -68,6 +69,7 @@ log = structlog.get_logger(__name__)
 NAME = "route"
 ACTOR = Actor(key_id="processor:route", role="processor")
 SOURCE = "processor"
+BOOK_TTL_S = 1.0
 IDS = uuid.UUID("0b6c2d1e-6a57-4a8e-9a3f-5d2e7c1b9f40")
 """Namespace of the event and task ids routing derives from what caused them."""
 
@@ -136,21 +138,24 @@ def assign_command(decision: Decision) -> AssignLead:
 
 async def execute(
     commands: LeadCommands, cause: RecordedEvent, command: LeadCommand, event_id: str,
-    reason: str,
+    reason: str, *, before: tuple[LeadCommand, str] | None = None,
 ) -> int:
-    """Appends the command's events (idempotent by `event_id`); the count appended, 0 when the
-    lead is gone or a task it names is no longer open."""
+    """Appends the command's events (idempotent by `event_id`), after `before`'s in the same
+    write when given; the count appended, 0 when the lead is gone or a task it names is no
+    longer open (then `before` alone is tried)."""
+    plan = [before, (command, event_id)] if before is not None else [(command, event_id)]
     try:
-        result = await commands.execute(
-            cause.workspace, cause.stream_id, command, metadata_for(cause, reason),
-            event_ids=[event_id],
+        result = await commands.execute_plan(
+            cause.workspace, cause.stream_id, lambda _state: [c for c, _ in plan],
+            metadata_for(cause, reason), event_ids=[i for _, i in plan],
         )
     except (LeadGone, LeadNotFound):
         return 0
     except InvalidValue as exc:
-        if exc.field == "task_id":  # completed meanwhile: nothing left to move
-            return 0
-        raise
+        if exc.field != "task_id":
+            raise
+        # Completed meanwhile: nothing left to move (the assignment still stands).
+        return await execute(commands, cause, *before, reason) if before is not None else 0
     return len(result.events)
 
 
@@ -191,14 +196,26 @@ class RoutingReactor:
         self.commands = commands
         self.routing = routing
         self.rules = RulesCache(attributes)
+        self._books: dict[str, tuple[float, RoutingBook]] = {}
         self.appended = 0
         """Events this process appended (for tests and logs)."""
+
+    async def _book(self, workspace: str) -> RoutingBook | None:
+        """The workspace's book, read at most every BOOK_TTL_S (saves take effect within it).
+        Only found books are kept: a workspace that turns routing on is routed at once."""
+        cached = self._books.get(workspace)
+        if cached is not None and time.monotonic() - cached[0] < BOOK_TTL_S:
+            return cached[1]
+        book = await self.routing.book(workspace)
+        if book is not None:
+            self._books[workspace] = (time.monotonic(), book)
+        return book
 
     def wants(self, recorded: RecordedEvent) -> bool:
         return isinstance(recorded.event, (LeadCreated, LeadEnriched, LeadScored))
 
     async def react(self, recorded: RecordedEvent) -> None:
-        book = await self.routing.book(recorded.workspace)
+        book = await self._book(recorded.workspace)
         if book is None:
             return
         stream = await self.store.read_stream(recorded.workspace, recorded.stream_id)
@@ -226,35 +243,40 @@ class RoutingReactor:
             recorded.workspace, recorded.event_id, recorded.stream_id, target, book,
             waiting or derived_id(recorded.event_id, "task"),
         )
-        await self._carry_out(recorded, stored, book, facts.state.score_band, tasks)
+        await self._carry_out(recorded, stored, book, facts.state, tasks)
 
     async def _carry_out(
         self, cause: RecordedEvent, stored: StoredDecision, book: RoutingBook,
-        band: str | None, tasks: dict[str, OpenTaskView],
+        state: LeadState, tasks: dict[str, OpenTaskView],
     ) -> None:
         decision = stored.decision
-        self.appended += await execute(
-            self.commands, cause, assign_command(decision), derived_id(cause.event_id, "assign"),
-            decision.reason,
-        )
+        # One write for the assignment and its task (a crash cannot leave one without the
+        # other); the assignment goes first only when it changes something, so that each event
+        # keeps the id derived for it.
+        assign = assign_command(decision)
+        moves = (assign.owner, assign.team, assign.queue) != (
+            state.owner, state.team, state.queue)
+        first = (assign, derived_id(cause.event_id, "assign")) if moves else None
         task_id = stored.task_id
-        if task_id is None:
+        due = due_at(cause.recorded_at, book.sla, state.score_band, decision.priority)
+        known = tasks.get(task_id) if task_id is not None else None
+        if task_id is None or (known is not None and (
+                not known.open or known.assignee == decision.owner)):
+            if first is not None:
+                self.appended += await execute(self.commands, cause, *first, decision.reason)
             return
-        due = due_at(cause.recorded_at, book.sla, band, decision.priority)
-        known = tasks.get(task_id)
         if known is None:
             command: LeadCommand = OpenTask(
                 task_id=task_id, kind=FOLLOW_UP, assignee=decision.owner, due_at=due,
                 reason=decision.reason,
             )
             event_id = derived_id(cause.event_id, "open-task")
-        elif known.open and known.assignee != decision.owner:
+        else:
             command = ReassignTask(task_id=task_id, assignee=decision.owner,
                                    previous=known.assignee, due_at=due, reason=decision.reason)
             event_id = derived_id(cause.event_id, "reassign-task")
-        else:
-            return
-        self.appended += await execute(self.commands, cause, command, event_id, decision.reason)
+        self.appended += await execute(self.commands, cause, command, event_id, decision.reason,
+                                       before=first)
 
     async def _band_follow_up(
         self, cause: RecordedEvent, events: Sequence[RecordedEvent], book: RoutingBook,
