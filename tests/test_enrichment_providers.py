@@ -286,7 +286,10 @@ async def test_5xx_is_retried_until_it_succeeds(httpserver: HTTPServer, guard) -
 
 
 async def test_a_timeout_is_retried_then_fails(httpserver: HTTPServer, guard) -> None:
+    arrived: list[float] = []
+
     def slow(request: Request) -> Response:
+        arrived.append(time.monotonic())
         time.sleep(0.5)
         return Response("{}", content_type="application/json")
 
@@ -295,8 +298,10 @@ async def test_a_timeout_is_retried_then_fails(httpserver: HTTPServer, guard) ->
     started = time.monotonic()
     with pytest.raises(ProviderFailed, match="ReadTimeout"):
         await provider.enrich("ws-a", SNAPSHOT)
-    assert time.monotonic() - started < 3
-    assert len(httpserver.log) >= 1
+    # Two attempts of 0.2 s each timed out (the single-threaded test server was still busy
+    # with the first when the second came, so only the first reached the handler).
+    assert 0.4 <= time.monotonic() - started < 3
+    assert arrived
 
 
 async def test_the_breaker_opens_after_failures_and_closes_after_the_cooldown(
