@@ -38,6 +38,9 @@ from schema.positions import LogPosition
 
 log = structlog.get_logger(__name__)
 
+DRAIN_TIMEOUT_S = 0.005
+"""How long a fetch waits for more messages once it has one (see ProjectionRunner._fetch)."""
+
 
 class Projection(Protocol):
     """A read model. `apply` runs inside the caller's transaction and must be idempotent per
@@ -204,7 +207,7 @@ class ProjectionRunner:
     async def _consume(self, psub: JetStreamContext.PullSubscription, stop: asyncio.Event) -> None:
         while not stop.is_set():
             try:
-                msgs = await psub.fetch(self.batch_size, timeout=self.fetch_timeout_s)
+                msgs = await self._fetch(psub)
             except nats.errors.TimeoutError:
                 # Quiet: a lost last message has no successor to reveal it, so look.
                 if time.monotonic() - self._last_ledger_check > self.idle_check_s:
@@ -212,6 +215,16 @@ class ProjectionRunner:
                 continue
             await self.handle_messages(msgs, stop)
             await msgs[-1].ack()  # AckPolicy.ALL: acknowledges the whole batch
+
+    async def _fetch(self, psub: JetStreamContext.PullSubscription) -> list[Msg]:
+        """The next message as soon as it arrives, then whatever else is already waiting.
+        Not `fetch(batch_size)`: once nats-py's fetch has one message it waits for the whole
+        batch or the timeout, which at low traffic adds up to a second to every hop."""
+        msgs = await psub.fetch(1, timeout=self.fetch_timeout_s)
+        if self.batch_size > 1:
+            with contextlib.suppress(nats.errors.TimeoutError, asyncio.TimeoutError):
+                msgs += await psub.fetch(self.batch_size - 1, timeout=DRAIN_TIMEOUT_S)
+        return msgs
 
     async def handle_messages(self, msgs: list[Msg], stop: asyncio.Event) -> None:
         """Applies a fetched batch in order, reading any gap from the ledger."""
