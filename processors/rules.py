@@ -150,8 +150,11 @@ def compile_model(
                          functions=tuple(sorted(functions)))
 
 
-def evaluate(model: CompiledModel, variables: dict[str, object]) -> ScoreResult:
-    """The score of one lead: every rule in order, each failure isolated and reported."""
+def evaluate(
+    model: CompiledModel, variables: dict[str, object], *, observe: bool = True
+) -> ScoreResult:
+    """The score of one lead: every rule in order, each failure isolated and reported.
+    `observe=False` leaves `observed` empty (a what-if needs only the points)."""
     calls: list[tuple[str, object]] = []
     functions: dict[str, Callable[..., object]] = {
         name: _recording(name, variables[name], calls)  # type: ignore[arg-type]
@@ -176,6 +179,8 @@ def evaluate(model: CompiledModel, variables: dict[str, object]) -> ScoreResult:
         contributions.append(RuleContribution(
             rule=rule.name, points=rule.points if matched else 0.0, matched=matched, error=error,
         ))
+        if not observe:
+            continue
         seen = {}
         for path, flat, parts in rule.reads:
             value = given.get(flat, _ABSENT) if flat else _lookup(variables, parts, floats)

@@ -21,6 +21,7 @@ Choices:
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable
 from typing import get_args
@@ -142,7 +143,7 @@ def what_if_report(
         early = activation(before, before.last_recorded_at) if (
             before and before.last_recorded_at) else None
         for i, tested in enumerate(models):
-            result = evaluate(tested.model, final)
+            result = evaluate(tested.model, final, observe=False)
             finals[i].append((result.total, result.band))
             for c in result.contributions:
                 if c.error is not None:
@@ -151,7 +152,7 @@ def what_if_report(
             if not lead.converted:
                 not_converted.append(result.total)
             elif early is not None:
-                converted.append(evaluate(tested.model, early).total)
+                converted.append(evaluate(tested.model, early, observe=False).total)
         if progress and n % 1000 == 0:
             progress(n)
     reports = [
@@ -222,7 +223,7 @@ def ranking(converted: list[float], not_converted: list[float]) -> Ranking:
 
 async def run_what_if(
     store: EventStore, workspace: str, candidate: ModelUnderTest,
-    current: ModelUnderTest | None = None, *, page: int = 5_000,
+    current: ModelUnderTest | None = None, *, page: int = 10_000,
     progress: Callable[[str, int, int], None] | None = None,
 ) -> WhatIfReport:
     """Reads the workspace's events (only reads) up to the horizon as of the start, then
@@ -231,24 +232,29 @@ async def run_what_if(
     started = time.perf_counter()
     until = await store.horizon()
     replay = WhatIfReplay()
-    after = LogPosition()
-    while True:
-        events = await store.read_all(after, page, workspace=workspace)
-        for recorded in events:
+    # The next page is read while this one is folded: PostgreSQL and the fold overlap.
+    pending = asyncio.create_task(store.read_all(LogPosition(), page, workspace=workspace))
+    while pending is not None:
+        events = await pending
+        pending = None
+        if len(events) == page and events[-1].log_position < until:
+            pending = asyncio.create_task(
+                store.read_all(events[-1].log_position, page, workspace=workspace)
+            )
+        for n, recorded in enumerate(events, 1):
             if recorded.log_position > until:
                 break
             replay.add(recorded)
-        else:
-            if events:
-                after = events[-1].log_position
-                if progress:
-                    progress("reading", min(after.position, until.position), until.position)
-            if len(events) == page:
-                continue
-        break
+            if n % 500 == 0:
+                await asyncio.sleep(0)  # lets the next page's query go out and come in
+        if events and progress:
+            progress("reading", min(events[-1].log_position.position, until.position),
+                     until.position)
     if progress:
         progress("reading", until.position, until.position)
     total = len(replay.leads)
+    if progress:
+        progress("scoring", 0, total)
     report = what_if_report(
         workspace, replay, candidate, current,
         progress=(lambda n: progress("scoring", n, total)) if progress else None,
