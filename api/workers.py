@@ -30,7 +30,7 @@ import os
 import random
 import signal
 import sys
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Collection, Coroutine
 from typing import Any
 
 import structlog
@@ -121,8 +121,11 @@ def _max_age_s(settings: Settings) -> float:
     return settings.stream_max_age_days * 86_400
 
 
-async def run_workers(runtime: Runtime, stop: asyncio.Event) -> None:
-    """The relay, every projection and the rescore resumer, concurrently, until `stop`."""
+async def run_workers(
+    runtime: Runtime, stop: asyncio.Event, *, reactors: Collection[str] | None = None
+) -> None:
+    """The relay, every projection, the reactors (`reactors`: by name; None, all of them) and
+    the background loops, concurrently, until `stop`."""
     async with asyncio.TaskGroup() as group:
         group.create_task(_supervise("relay", lambda: make_relay(runtime).run(stop), stop))
         group.create_task(
@@ -135,7 +138,7 @@ async def run_workers(runtime: Runtime, stop: asyncio.Event) -> None:
         for name in PROJECTIONS:
             run = functools.partial(_run_projection, runtime, name, stop)
             group.create_task(_supervise(f"project {name}", run, stop))
-        for name in REACTORS:
+        for name in REACTORS if reactors is None else reactors:
             for runner in make_reactor_runners(runtime, name):
                 group.create_task(_supervise(
                     f"react {runner.projection.name}", functools.partial(runner.run, stop), stop

@@ -15,7 +15,7 @@ import contextlib
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from typing import Any
 
 import psycopg
@@ -112,9 +112,12 @@ def make_keys(database_url: str) -> Keys:
     return result[0]
 
 
-def make_app(infra: Any, http_settings: HttpSettings, *, workers: bool = True) -> Litestar:
-    """The app on the test's database, opening its pool (and starting the relay and the
-    projections) when the loop that serves it starts it."""
+def make_app(
+    infra: Any, http_settings: HttpSettings, *, workers: bool = True,
+    reactors: Collection[str] | None = None,
+) -> Litestar:
+    """The app on the test's database, opening its pool (and starting the relay, the
+    projections and the `reactors`, all by default) when the loop that serves it starts it."""
     settings = Settings(
         database_url=infra.database_url, nats_url=infra.nats_url, master_key=infra.master_key,
         stream=infra.stream, subject_prefix=infra.subject_prefix, pool_max_size=24,
@@ -128,7 +131,9 @@ def make_app(infra: Any, http_settings: HttpSettings, *, workers: bool = True) -
         from api.workers import run_workers
 
         background["stop"] = asyncio.Event()
-        background["task"] = asyncio.create_task(run_workers(runtime, background["stop"]))
+        background["task"] = asyncio.create_task(
+            run_workers(runtime, background["stop"], reactors=reactors)
+        )
 
     async def stop(runtime: Runtime) -> None:
         background["stop"].set()

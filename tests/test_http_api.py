@@ -13,12 +13,22 @@ import pytest
 from litestar.testing import TestClient
 
 from api.http.settings import HttpSettings
-from tests.http_support import *  # noqa: F403
-from tests.http_support import Keys, auth, lead_body
+from tests.http_support import *
+from tests.http_support import Keys, auth, lead_body, make_app
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
 PROBLEM = "application/problem+json"
+
+
+@pytest.fixture
+def api_app(infra: Any, http_settings: HttpSettings) -> Any:
+    """Every worker but the reactors that append to each new lead (built-in enrichment): these
+    tests pin a lead's exact versions, history and change feed. What processors add is tested
+    where they are (test_http_enrichment, test_routing, test_webhooks)."""
+    from api.reactors import REACTORS
+
+    return make_app(infra, http_settings, reactors=[r for r in REACTORS if r != "enrich"])
 
 
 def create(tc: TestClient, token: str, n: int = 0, **overrides: Any) -> tuple[dict, str]:
