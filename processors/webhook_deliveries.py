@@ -20,6 +20,7 @@ import msgspec
 import psycopg
 
 from ledger.store import RecordedEvent
+from processors.webhook_endpoints import SealedSecrets
 from schema.positions import LogPosition
 
 PENDING, DELIVERED, FAILED, CANCELLED = "pending", "delivered", "failed", "cancelled"
@@ -69,6 +70,8 @@ class Claimed(msgspec.Struct, frozen=True, kw_only=True):
     lead_version: int
     attempts: int
     """Attempts made before this one (in this round)."""
+    secrets: SealedSecrets
+    """Read with the claim: no query of its own per delivery, and never older than it."""
 
 
 class Attempt(msgspec.Struct, frozen=True, kw_only=True):
@@ -128,7 +131,8 @@ SET next_attempt_at = now() + make_interval(secs => %s), claimed_by = %s
 FROM due, webhook_endpoints e
 WHERE d.id = due.id AND e.workspace = d.workspace AND e.id = d.endpoint_id
 RETURNING d.id, d.workspace, d.endpoint_id, e.url, d.webhook_id, d.event_id, d.lead_id,
-          d.lead_version, d.attempts
+          d.lead_version, d.attempts, e.secret_key, e.secret,
+          CASE WHEN e.previous_expires_at > now() THEN e.previous_secret END
 """
 
 _ATTEMPT = """
@@ -220,7 +224,8 @@ async def claim(
         rows = await cur.fetchall()
     return [
         Claimed(id=r[0], claim=claim_id, workspace=r[1], endpoint_id=r[2], url=r[3],
-                webhook_id=r[4], event_id=r[5], lead_id=r[6], lead_version=r[7], attempts=r[8])
+                webhook_id=r[4], event_id=r[5], lead_id=r[6], lead_version=r[7], attempts=r[8],
+                secrets=SealedSecrets(r[9], r[10], r[11]))
         for r in rows
     ]
 

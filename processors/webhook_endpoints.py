@@ -77,6 +77,15 @@ class SigningSecrets:
         return "SigningSecrets(<hidden>)"
 
 
+class SealedSecrets(msgspec.Struct, frozen=True):
+    """The secrets as stored: the endpoint's wrapped data key and the ciphertexts (`previous`
+    only while it is still valid)."""
+
+    key: bytes
+    current: bytes
+    previous: bytes | None
+
+
 def new_secret() -> str:
     return SECRET_PREFIX + base64.b64encode(os.urandom(SECRET_BYTES)).decode()
 
@@ -261,10 +270,14 @@ class WebhookEndpoints:
         if row is None:
             return None
         wrapped, sealed, previous, previous_valid = row
-        key = self.keyring.unwrap(workspace, self._subject(endpoint_id), wrapped)
+        return self.open(workspace, endpoint_id, SealedSecrets(
+            wrapped, sealed, previous if previous_valid else None))
+
+    def open(self, workspace: str, endpoint_id: str, sealed: SealedSecrets) -> SigningSecrets:
+        """Decrypts secrets read with the endpoint (the sender's claim reads them along)."""
+        key = self.keyring.unwrap(workspace, self._subject(endpoint_id), sealed.key)
         aad = self._aad(workspace, endpoint_id)
-        current = key.decrypt(sealed, aad).decode()
-        old = key.decrypt(previous, aad).decode() if previous is not None and previous_valid \
-            else None
+        current = key.decrypt(sealed.current, aad).decode()
+        old = None if sealed.previous is None else key.decrypt(sealed.previous, aad).decode()
         return SigningSecrets(current, old)
 

@@ -192,10 +192,10 @@ class WebhookSender:
             self.sent += 1
 
     async def _attempt(self, client: httpx.AsyncClient, claimed: Claimed) -> Outcome:
-        secrets = await self.endpoints.secrets(claimed.workspace, claimed.endpoint_id)
+        secrets = self.endpoints.open(claimed.workspace, claimed.endpoint_id, claimed.secrets)
         recorded = await self._event(claimed)
-        if secrets is None or recorded is None:
-            return Outcome(outcome="failed", error="the endpoint or the event no longer exists")
+        if recorded is None:
+            return Outcome(outcome="failed", error="the event is not in the ledger")
         body = encode_payload(build_payload(recorded))
         try:
             await self.guard.check(claimed.workspace, claimed.url)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import time
 from collections import defaultdict
 from collections.abc import Iterator
 
@@ -20,7 +21,7 @@ from processors.outbound import OutboundGuard
 from processors.webhook_endpoints import EndpointSpec, WebhookEndpoints
 from processors.webhook_events import webhook_id
 from tests.pipeline_support import eventually, make_relay, read_ledger, running, write_leads
-from tests.test_pipeline_faults import Worker
+from tests.test_pipeline_faults import Worker, _leased
 from tests.test_webhooks import Receiver
 
 pytestmark = pytest.mark.slow
@@ -51,29 +52,45 @@ async def test_reactor_and_sender_killed_at_random_moments_under_load(
         "ws-a", EndpointSpec(url=receiver.url), "test")
     receiver.secrets.append(secret)
     flaky = random.Random(5)
+
     receiver.respond = lambda msg_id, seen: (500, {}) if flaky.random() < 0.1 else (204, {})
+    receiver.delay_s = 0.05  # requests stay in flight long enough for kills to land mid-request
     workers = [Worker(infra, ["react", "webhooks"], tmp_path / "reactor.log"),
                Worker(infra, ["send-webhooks"], tmp_path / "sender.log")]
     for worker in workers:
         worker.env.update(FAST)
         worker.start()
     rng = random.Random()
+
+    async def kill_one() -> None:
+        # Long enough between kills for a restarted worker to get going (start-up takes about a
+        # second), short enough to land in the middle of its work.
+        await asyncio.sleep(rng.uniform(1.0, 2.5))
+        victim = rng.choice(workers)
+        victim.kill()  # SIGKILL: mid-batch, mid-request, mid-start-up
+        victim.start()
+
     async with running(make_relay(infra, store, pool)):
-        load = asyncio.create_task(write_leads(store, LEADS, writers=2, pause_s=0.03, seed=31))
+        load = asyncio.create_task(write_leads(store, LEADS, writers=1, leads_per_append=2,
+                                               pause_s=0.05, seed=31))
         while not load.done():
-            await asyncio.sleep(rng.uniform(0.3, 1.0))
-            victim = rng.choice(workers)
-            victim.kill()  # SIGKILL: mid-batch, mid-request, mid-start-up
-            victim.start()
+            await kill_one()
         await load
         ledger = [r for r in await read_ledger(store) if r.workspace == "ws-a"]
         expected = {webhook_id(endpoint.id, r.event_id): r for r in ledger}
+        deadline = time.monotonic() + 120
+        # The backlog drains after the load: keep killing while most of it is being sent.
+        while len(receiver.deduped()) < 0.8 * len(expected) and time.monotonic() < deadline:
+            await kill_one()
 
         async def all_received() -> bool:
             await asyncio.sleep(0.2)
             return set(receiver.deduped()) == set(expected)
 
         await eventually(all_received, 180, "every event to reach the receiver")
+        await eventually(lambda: _leased(pool, "projection-reactor-webhooks"), 30,
+                         "the reactor to finish starting")
+        await asyncio.sleep(2)  # so has the sender (SIGTERM before its handler kills it)
     assert [w.stop() for w in workers] == [0, 0]  # SIGTERM stops both cleanly
     assert sum(w.kills for w in workers) >= 4 and len(expected) >= 700
 

@@ -59,6 +59,8 @@ class Receiver:
         self.secrets: list[str] = []
         self.requests: list[Received] = []
         self.respond: Callable[[str, int], tuple[int, dict[str, str]]] = lambda i, n: (204, {})
+        self.delay_s = 0.0
+        """How long each request takes to answer (outside the lock: concurrent requests)."""
         self._lock = threading.Lock()
         server.expect_request(path, method="POST").respond_with_handler(self._handle)
 
@@ -72,6 +74,8 @@ class Receiver:
                 verified.append(index)
             except WebhookVerificationError:
                 pass
+        if self.delay_s:
+            time.sleep(self.delay_s)
         with self._lock:
             msg_id = headers.get("webhook-id", "")
             seen = sum(1 for r in self.requests if r.webhook_id == msg_id)
