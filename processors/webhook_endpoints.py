@@ -124,6 +124,7 @@ _CREATE = f"""
 INSERT INTO webhook_endpoints
     (workspace, id, url, description, event_types, filter, secret_key, secret, created_by)
 VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)
+ON CONFLICT (workspace, id) DO NOTHING
 RETURNING {_COLUMNS}
 """
 _GET = f"SELECT {_COLUMNS} FROM webhook_endpoints WHERE workspace = %s AND id = %s"
@@ -178,11 +179,12 @@ class WebhookEndpoints:
     def _subject(self, endpoint_id: str) -> str:
         return f"webhook-endpoint/{endpoint_id}"
 
-    async def create(self, workspace: str, spec: EndpointSpec, created_by: str
-                     ) -> tuple[Endpoint, str]:
-        """The endpoint and its secret (shown once)."""
+    async def create(self, workspace: str, spec: EndpointSpec, created_by: str, *,
+                     endpoint_id: str | None = None) -> tuple[Endpoint, str] | None:
+        """The endpoint and its secret (shown once); None if `endpoint_id` (derived from an
+        Idempotency-Key) exists already."""
         check_spec(spec)
-        endpoint_id = str(uuid.uuid4())
+        endpoint_id = endpoint_id or str(uuid.uuid4())
         secret = new_secret()
         key = self.keyring.new_key(workspace, self._subject(endpoint_id))
         sealed = key.encrypt(secret.encode(), self._aad(workspace, endpoint_id))
@@ -192,8 +194,7 @@ class WebhookEndpoints:
                 spec.filter, key.wrapped, sealed, created_by,
             ))
             row = await cur.fetchone()
-        assert row is not None
-        return _endpoint(row), secret
+        return None if row is None else (_endpoint(row), secret)
 
     async def get(self, workspace: str, endpoint_id: str) -> Endpoint | None:
         async with self.pool.connection() as conn:

@@ -360,6 +360,12 @@ def test_roles_pages_and_the_event_type_catalogue(tc, keys, receiver):
     bad_type = tc.patch(f"/v1/webhooks/{ids[0]}", json={"event_types": ["lead.nope"]},
                         headers=auth(keys.admin))
     assert bad_type.status_code == 422
+    once = [tc.post("/v1/webhooks", json={"url": receiver.url},
+                    headers=auth(keys.admin, **{"Idempotency-Key": "hook-1"})) for _ in range(2)]
+    assert [r.status_code for r in once] == [201, 201]
+    assert once[0].json()["id"] == once[1].json()["id"]
+    assert once[0].json()["secret"].startswith("whsec_") and "secret" not in once[1].json()
+    assert once[1].headers["idempotent-replayed"] == "true"
     assert tc.delete(f"/v1/webhooks/{ids[1]}", headers=auth(keys.admin)).status_code == 204
     assert tc.get(f"/v1/webhooks/{ids[1]}", headers=auth(keys.admin)).status_code == 404
     catalogue = tc.get("/v1/webhooks/event-types", headers=auth(keys.analyst)).json()

@@ -3,9 +3,9 @@
 Writes need an admin or ops key; any key of the workspace reads. An endpoint's URL is checked
 through processors/outbound.py when saved (a private or loopback address needs the workspace's
 allow-list) and again at every send. The signing secret is answered once, on create and on
-rotate, and never again (it is stored encrypted). Creating is not idempotent by key: replaying
-the stored answer would mean storing the secret in plaintext; a retried create that did reach
-the server leaves a second endpoint to delete.
+rotate, and never again (it is stored encrypted): a create retried with its Idempotency-Key
+answers with the same endpoint, without the secret (storing the answer for a replay would mean
+storing the secret in the clear).
 
 The event types, their descriptions and example payloads come from processors/webhook_events.py
 and processors/webhook_docs.py, the same code that builds what is sent.
@@ -13,18 +13,23 @@ and processors/webhook_docs.py, the same code that builds what is sent.
 
 from __future__ import annotations
 
+import asyncio
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
 import msgspec
-from litestar import Controller, Request, delete, get, patch, post
+from litestar import Controller, Request, Response, delete, get, patch, post
 from litestar.params import Parameter
 from litestar.status_codes import HTTP_201_CREATED, HTTP_202_ACCEPTED, HTTP_204_NO_CONTENT
 from msgspec import UNSET, Meta, UnsetType
 
 from api.http.cursors import decode_cursor, encode_cursor, query_hash
+from api.http.docs import IdempotencyKeyHeader
+from api.http.idempotency import Reply, derived_id, fingerprint, reply
+from api.http.idempotency import idempotency_key as idempotency_key_of
 from api.http.problems import FieldError, ProblemError, problem_responses
 from api.http.services import Services
+from ledger.errors import InvalidValue
 from processors import webhook_deliveries
 from processors.outbound import BlockedDestination, OutboundGuard
 from processors.webhook_deliveries import Attempt, Delivery
@@ -233,16 +238,47 @@ class WebhooksController(Controller):
                 for t in EVENT_TYPES]
 
     @post("/", status_code=HTTP_201_CREATED, summary="Add an endpoint (admin, ops)",
-          description="Answers with the signing secret, once.",
-          responses=problem_responses(400, 401, 403, 422, 429))
-    async def create(self, request: Request, data: WebhookCreate,
-                     services: Services) -> WebhookEndpointWithSecret:
+          description="Answers with the signing secret, once. With an `Idempotency-Key`, a "
+          "retry answers with the same endpoint but without its secret (it is never stored "
+          "in the clear, not even for a replay): rotate it if the first answer was lost.",
+          responses=problem_responses(400, 401, 403, 409, 422, 429))
+    async def create(self, request: Request, data: WebhookCreate, services: Services,
+                     idempotency_key: IdempotencyKeyHeader = None
+                     ) -> Response[WebhookEndpointWithSecret]:
         key = request.user.key
         spec = EndpointSpec(url=data.url, event_types=tuple(data.event_types),
                             filter=data.filter, description=data.description)
         await _check_destination(services, key.workspace, data.url)
-        endpoint, secret = await self._endpoints(services).create(key.workspace, spec, key.key_id)
-        return _with_secret(endpoint, secret)
+        store = self._endpoints(services)
+        idem = idempotency_key_of(request)
+        if idem is None:
+            created = await store.create(key.workspace, spec, key.key_id)
+            assert created is not None
+            return Response(_with_secret(*created), status_code=HTTP_201_CREATED)
+        claim = await services.idempotency.claim(key.workspace, key.key_id, idem,
+                                                 await fingerprint(request))
+        if isinstance(claim, Reply):
+            return claim.response()  # type: ignore[return-value]
+        endpoint_id = derived_id(claim.request_uuid, "webhook-endpoint")
+        try:
+            created = await store.create(key.workspace, spec, key.key_id,
+                                         endpoint_id=endpoint_id)
+            existing = None if created else await store.get(key.workspace, endpoint_id)
+        except (InvalidValue, ProblemError):
+            await services.idempotency.release(key.workspace, key.key_id, idem, claim,
+                                               wrote=False)
+            raise
+        except BaseException:
+            await asyncio.shield(services.idempotency.release(
+                key.workspace, key.key_id, idem, claim, wrote=True))
+            raise
+        endpoint = created[0] if created else existing
+        assert endpoint is not None
+        await services.idempotency.complete(key.workspace, key.key_id, idem, claim,
+                                            reply(HTTP_201_CREATED, _view(endpoint)))
+        if created is None:  # created by an earlier try whose answer was lost
+            return Response(_view(endpoint), status_code=HTTP_201_CREATED)  # type: ignore[arg-type]
+        return Response(_with_secret(*created), status_code=HTTP_201_CREATED)
 
     @get("/", summary="The workspace's endpoints", responses=problem_responses(400, 401, 429))
     async def index(
