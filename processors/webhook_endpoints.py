@@ -104,6 +104,10 @@ def check_secret(secret: str) -> None:
 
 def check_spec(spec: EndpointSpec) -> None:
     """Raises InvalidValue for the first bad field (the filter's with its line and column)."""
+    texts = [("url", spec.url), ("description", spec.description), ("filter", spec.filter or "")]
+    for field, text in texts + [("event_types", t) for t in spec.event_types]:
+        if "\x00" in text:  # PostgreSQL text cannot hold it
+            raise InvalidValue(field, "must not contain NUL characters")
     if not spec.url.startswith(("https://", "http://")) or len(spec.url) > MAX_URL_LENGTH:
         raise InvalidValue("url", f"an http(s) URL of at most {MAX_URL_LENGTH} characters")
     if len(spec.event_types) > MAX_EVENT_TYPES:

@@ -14,14 +14,12 @@ and processors/webhook_docs.py, the same code that builds what is sent.
 from __future__ import annotations
 
 import asyncio
-from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated
 
-import msgspec
 from litestar import Controller, Request, Response, delete, get, patch, post
 from litestar.params import Parameter
 from litestar.status_codes import HTTP_201_CREATED, HTTP_202_ACCEPTED, HTTP_204_NO_CONTENT
-from msgspec import UNSET, Meta, UnsetType
+from msgspec import UNSET
 
 from api.http.cursors import decode_cursor, encode_cursor, query_hash
 from api.http.docs import IdempotencyKeyHeader
@@ -29,18 +27,38 @@ from api.http.idempotency import Reply, derived_id, fingerprint, reply
 from api.http.idempotency import idempotency_key as idempotency_key_of
 from api.http.problems import FieldError, ProblemError, problem_responses
 from api.http.services import Services
+from api.http.webhook_views import (
+    DeliveryCursor,
+    DeliveryPage,
+    DeliveryView,
+    DisableRequest,
+    EndpointCursor,
+    RedeliverRange,
+    RedeliveryCount,
+    RotateSecret,
+    Status,
+    WebhookCreate,
+    WebhookEndpointPage,
+    WebhookEndpointView,
+    WebhookEndpointWithSecret,
+    WebhookEventTypeView,
+    WebhookPatch,
+    delivery_view,
+    endpoint_view,
+    with_secret,
+)
 from ledger.errors import InvalidValue
 from processors import webhook_deliveries
 from processors.outbound import BlockedDestination, OutboundGuard
-from processors.webhook_deliveries import Attempt, Delivery
 from processors.webhook_docs import example_builtins
-from processors.webhook_endpoints import Endpoint, EndpointSpec, WebhookEndpoints
+from processors.webhook_endpoints import EndpointSpec, WebhookEndpoints
 from processors.webhook_events import EVENT_TYPES
 from schema.positions import LogPosition
 
 WRITERS = frozenset({"admin", "ops"})
-Status = Literal["pending", "delivered", "failed", "cancelled"]
-EndpointId = Annotated[str, Parameter(max_length=64, description="The endpoint's id.")]
+EndpointId = Annotated[str, Parameter(max_length=64, pattern=r"^[0-9A-Za-z-]+$",
+                                      description="The endpoint's id.")]
+MAX_BIGINT = 2**63 - 1
 
 
 def require_admin_or_ops(connection, _handler) -> None:  # type: ignore[no-untyped-def]
@@ -52,158 +70,14 @@ def require_admin_or_ops(connection, _handler) -> None:  # type: ignore[no-untyp
         raise ProblemError("forbidden", "only an admin or ops key may change webhooks")
 
 
-class WebhookCreate(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    url: Annotated[str, Meta(max_length=2000, description="Where to POST; http(s).")]
-    event_types: Annotated[list[str], Meta(
-        max_length=100, description="Webhook event types (GET /v1/webhooks/event-types); "
-        "empty or `lead.*`: every type.")] = []
-    filter: Annotated[str, Meta(
-        max_length=2000, description="A CEL expression over the payload (`type`, `timestamp`, "
-        "`data`), e.g. `data.event.stage == \"sql\"`; only matching events are sent.")] | None \
-        = None
-    description: Annotated[str, Meta(max_length=500)] = ""
-
-
-class WebhookPatch(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    url: Annotated[str, Meta(max_length=2000)] | UnsetType = UNSET
-    event_types: Annotated[list[str], Meta(max_length=100)] | UnsetType = UNSET
-    filter: Annotated[str, Meta(max_length=2000, description="null removes it.")] | None | \
-        UnsetType = UNSET
-    description: Annotated[str, Meta(max_length=500)] | UnsetType = UNSET
-
-
-class RotateSecret(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    previous_valid_for_s: Annotated[int, Meta(
-        ge=0, le=7 * 86_400, description="How long the old secret keeps signing too (two "
-        "signatures per request); 0 stops it at once.")] = 86_400
-    secret: Annotated[str, Meta(
-        max_length=200, description="A secret of your own (whsec_ + base64 of 24-64 bytes); "
-        "default: a new random one.")] | None = None
-
-
-class DisableRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    reason: Annotated[str, Meta(max_length=500)] | None = None
-
-
-class RedeliverRange(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    since: Annotated[datetime | None, Meta(description="Events recorded at or after.")] = None
-    until: Annotated[datetime | None, Meta(description="Events recorded before.")] = None
-    after: Annotated[str | None, Meta(
-        description="Events after this ledger position (`<tx>-<pos>`).")] = None
-    until_position: Annotated[str | None, Meta(
-        description="Events at or before this ledger position.")] = None
-
-
-class WebhookEndpointView(msgspec.Struct, frozen=True, kw_only=True):
-    id: str
-    url: str
-    description: str
-    event_types: list[str]
-    filter: str | None
-    enabled: bool
-    disabled_reason: str | None
-    previous_secret_expires_at: Annotated[datetime | None, Meta(
-        description="Until when the rotated-out secret still signs.")]
-    created_by: Annotated[str, Meta(description="The API key that created it.")]
-    created_at: datetime
-    updated_at: datetime
-
-
-class WebhookEndpointWithSecret(WebhookEndpointView, frozen=True, kw_only=True):
-    secret: Annotated[str, Meta(description="The signing secret: shown this once only.")]
-
-
-class WebhookEndpointPage(msgspec.Struct, frozen=True):
-    data: list[WebhookEndpointView]
-    next_cursor: str | None = None
-
-
-class WebhookEventTypeView(msgspec.Struct, frozen=True):
-    type: str
-    ledger_type: str
-    description: str
-    example: dict[str, Any]
-
-
-class AttemptView(msgspec.Struct, frozen=True):
-    at: datetime
-    outcome: Annotated[str, Meta(description="delivered, retry, failed or disabled (410).")]
-    status_code: int | None
-    latency_ms: float | None
-    error: str | None
-
-
-class DeliveryView(msgspec.Struct, frozen=True, kw_only=True):
-    id: int
-    webhook_id: str
-    event_id: str
-    event_type: str
-    lead_id: str
-    lead_version: int
-    position: str
-    event_at: datetime
-    status: Status
-    attempts: Annotated[int, Meta(description="Attempts in the current round (a redelivery "
-                                  "starts a new one; `attempt_log` keeps them all).")]
-    next_attempt_at: datetime | None
-    last_status_code: int | None
-    last_error: str | None
-    last_attempt_at: datetime | None
-    delivered_at: datetime | None
-    created_at: datetime
-    attempt_log: list[AttemptView]
-
-
-class DeliveryPage(msgspec.Struct, frozen=True):
-    data: list[DeliveryView]
-    next_cursor: str | None = None
-
-
-class RedeliveryCount(msgspec.Struct, frozen=True):
-    redelivered: int
-
-
-class _EndpointCursor(msgspec.Struct, frozen=True, array_like=True):
-    after_id: str
-
-
-class _DeliveryCursor(msgspec.Struct, frozen=True, array_like=True):
-    query: str
-    before_id: int
-
-
-def _view(endpoint: Endpoint) -> WebhookEndpointView:
-    fields = msgspec.structs.asdict(endpoint)
-    fields.pop("workspace")
-    fields["event_types"] = list(endpoint.event_types)
-    return WebhookEndpointView(**fields)
-
-
-def _with_secret(endpoint: Endpoint, secret: str) -> WebhookEndpointWithSecret:
-    return WebhookEndpointWithSecret(**msgspec.structs.asdict(_view(endpoint)), secret=secret)
-
-
-def _delivery_view(delivery: Delivery, attempts: list[Attempt]) -> DeliveryView:
-    return DeliveryView(
-        id=delivery.id, webhook_id=delivery.webhook_id, event_id=delivery.event_id,
-        event_type=delivery.event_type, lead_id=delivery.lead_id,
-        lead_version=delivery.lead_version, position=delivery.position.token(),
-        event_at=delivery.event_at, status=delivery.status,  # type: ignore[arg-type]
-        attempts=delivery.attempts,
-        next_attempt_at=delivery.next_attempt_at if delivery.status == "pending" else None,
-        last_status_code=delivery.last_status_code, last_error=delivery.last_error,
-        last_attempt_at=delivery.last_attempt_at, delivered_at=delivery.delivered_at,
-        created_at=delivery.created_at,
-        attempt_log=[AttemptView(at=a.at, outcome=a.outcome, status_code=a.status_code,
-                                 latency_ms=a.latency_ms, error=a.error) for a in attempts],
-    )
-
-
 def _position(value: str | None, field: str) -> LogPosition | None:
     if value is None:
         return None
     try:
-        return LogPosition.parse(value)
+        position = LogPosition.parse(value)
+        if max(position.transaction_id, position.position) > MAX_BIGINT:
+            raise ValueError(value)
+        return position
     except ValueError:
         raise ProblemError("validation-failed", f"{field} is not a ledger position", errors=[
             FieldError(field=field, message="a position like 90771-1842")]) from None
@@ -254,7 +128,7 @@ class WebhooksController(Controller):
         if idem is None:
             created = await store.create(key.workspace, spec, key.key_id)
             assert created is not None
-            return Response(_with_secret(*created), status_code=HTTP_201_CREATED)
+            return Response(with_secret(*created), status_code=HTTP_201_CREATED)
         claim = await services.idempotency.claim(key.workspace, key.key_id, idem,
                                                  await fingerprint(request))
         if isinstance(claim, Reply):
@@ -275,10 +149,11 @@ class WebhooksController(Controller):
         endpoint = created[0] if created else existing
         assert endpoint is not None
         await services.idempotency.complete(key.workspace, key.key_id, idem, claim,
-                                            reply(HTTP_201_CREATED, _view(endpoint)))
+                                            reply(HTTP_201_CREATED, endpoint_view(endpoint)))
         if created is None:  # created by an earlier try whose answer was lost
-            return Response(_view(endpoint), status_code=HTTP_201_CREATED)  # type: ignore[arg-type]
-        return Response(_with_secret(*created), status_code=HTTP_201_CREATED)
+            earlier = endpoint_view(endpoint)
+            return Response(earlier, status_code=HTTP_201_CREATED)  # type: ignore[arg-type]
+        return Response(with_secret(*created), status_code=HTTP_201_CREATED)
 
     @get("/", summary="The workspace's endpoints", responses=problem_responses(400, 401, 429))
     async def index(
@@ -287,13 +162,14 @@ class WebhooksController(Controller):
         = None,
         limit: Annotated[int, Parameter(ge=1, le=1000)] = 100,
     ) -> WebhookEndpointPage:
-        after = decode_cursor(cursor, _EndpointCursor).after_id if cursor else ""
+        after = decode_cursor(cursor, EndpointCursor).after_id if cursor else ""
+        after = after.replace("\x00", "")
         rows = await self._endpoints(services).page(request.user.key.workspace, after, limit + 1)
         more = len(rows) > limit
         rows = rows[:limit]
         return WebhookEndpointPage(
-            data=[_view(e) for e in rows],
-            next_cursor=encode_cursor(_EndpointCursor(rows[-1].id)) if more else None,
+            data=[endpoint_view(e) for e in rows],
+            next_cursor=encode_cursor(EndpointCursor(rows[-1].id)) if more else None,
         )
 
     @get("/{endpoint_id:str}", summary="One endpoint", responses=problem_responses(401, 404, 429))
@@ -302,7 +178,7 @@ class WebhooksController(Controller):
         endpoint = await self._endpoints(services).get(request.user.key.workspace, endpoint_id)
         if endpoint is None:
             raise _not_found(endpoint_id)
-        return _view(endpoint)
+        return endpoint_view(endpoint)
 
     @patch("/{endpoint_id:str}", summary="Change an endpoint (admin, ops)",
            responses=problem_responses(400, 401, 403, 404, 422, 429))
@@ -325,7 +201,7 @@ class WebhooksController(Controller):
         updated = await store.update(workspace, endpoint_id, spec)
         if updated is None:
             raise _not_found(endpoint_id)
-        return _view(updated)
+        return endpoint_view(updated)
 
     @delete("/{endpoint_id:str}", status_code=HTTP_204_NO_CONTENT,
             summary="Delete an endpoint and its delivery log (admin, ops)",
@@ -349,7 +225,7 @@ class WebhooksController(Controller):
         )
         if rotated is None:
             raise _not_found(endpoint_id)
-        return _with_secret(*rotated)
+        return with_secret(*rotated)
 
     @post("/{endpoint_id:str}/enable", status_code=200, summary="Resume deliveries (admin, ops)",
           responses=problem_responses(401, 403, 404, 429))
@@ -373,7 +249,7 @@ class WebhooksController(Controller):
             request.user.key.workspace, endpoint_id, enabled, reason)
         if endpoint is None:
             raise _not_found(endpoint_id)
-        return _view(endpoint)
+        return endpoint_view(endpoint)
 
     @get("/{endpoint_id:str}/deliveries", summary="The endpoint's delivery log, newest first",
          description="Each delivery with its status and every attempt (response code, "
@@ -392,11 +268,11 @@ class WebhooksController(Controller):
         query = query_hash("webhook-deliveries", endpoint_id, status)
         before = None
         if cursor is not None:
-            decoded = decode_cursor(cursor, _DeliveryCursor)
+            decoded = decode_cursor(cursor, DeliveryCursor)
             if decoded.query != query:
                 raise ProblemError("bad-request", "the cursor belongs to another query", errors=[
                     FieldError(field="query:cursor", message="use it with the same filters")])
-            before = decoded.before_id
+            before = min(max(decoded.before_id, 0), MAX_BIGINT)
         async with services.runtime.pool.connection() as conn:
             rows = await webhook_deliveries.page(conn, workspace, endpoint_id,
                                                  before_id=before, status=status,
@@ -406,8 +282,8 @@ class WebhooksController(Controller):
             attempts = await webhook_deliveries.attempts_of(conn, workspace,
                                                             [d.id for d in rows])
         return DeliveryPage(
-            data=[_delivery_view(d, attempts[d.id]) for d in rows],
-            next_cursor=encode_cursor(_DeliveryCursor(query, rows[-1].id)) if more else None,
+            data=[delivery_view(d, attempts[d.id]) for d in rows],
+            next_cursor=encode_cursor(DeliveryCursor(query, rows[-1].id)) if more else None,
         )
 
     @post("/{endpoint_id:str}/deliveries/{delivery_id:int}/redeliver",
@@ -417,6 +293,8 @@ class WebhooksController(Controller):
     async def redeliver_one(self, request: Request, endpoint_id: EndpointId, delivery_id: int,
                             services: Services) -> DeliveryView:
         workspace = request.user.key.workspace
+        if not 0 < delivery_id <= MAX_BIGINT:
+            raise ProblemError("not-found", f"no delivery {delivery_id}")
         async with services.runtime.pool.connection() as conn:
             delivery = await webhook_deliveries.redeliver_one(conn, workspace, endpoint_id,
                                                               delivery_id)
@@ -424,7 +302,7 @@ class WebhooksController(Controller):
                 raise ProblemError("not-found", f"no delivery {delivery_id} of endpoint "
                                    f"{endpoint_id} in this workspace")
             attempts = await webhook_deliveries.attempts_of(conn, workspace, [delivery.id])
-        return _delivery_view(delivery, attempts[delivery.id])
+        return delivery_view(delivery, attempts[delivery.id])
 
     @post("/{endpoint_id:str}/redeliver", status_code=HTTP_202_ACCEPTED,
           summary="Send a range of deliveries again (admin, ops)",
