@@ -423,3 +423,32 @@ async def _has_accepted(receiver: Receiver, n: int) -> bool:
     await asyncio.sleep(0)
     return len(receiver.deduped()) >= n
 
+
+
+def test_bad_requests_answer_problems_never_500(tc, keys, receiver):
+    allow_loopback(tc, keys.admin)
+    endpoint = create_endpoint(tc, keys.admin, receiver)
+    base = f"/v1/webhooks/{endpoint['id']}"
+    admin = auth(keys.admin)
+    cases = [
+        ("post", "/v1/webhooks", {}, 422),
+        ("post", "/v1/webhooks", {"url": "http://127.0.0.1/\u0000"}, 422),
+        ("post", f"{base}/rotate-secret", {"secret": "whsec_short"}, 422),
+        ("post", f"{base}/rotate-secret", {"previous_valid_for_s": -1}, 422),
+        ("post", f"{base}/redeliver", {"after": "not-a-position"}, 422),
+        ("post", f"{base}/redeliver", {"after": f"{2**70}-1"}, 422),
+        ("post", f"{base}/deliveries/{2**70}/redeliver", None, 404),
+        ("post", f"{base}/deliveries/0/redeliver", None, 404),
+        ("get", f"{base}/deliveries?cursor=garbage", None, 400),
+        ("get", "/v1/webhooks/no%00such", None, 422),
+        ("get", "/v1/webhooks/00000000-0000-0000-0000-000000000000", None, 404),
+        ("patch", base, {"filter": "data.x ==="}, 422),
+        ("post", "/v1/webhooks/00000000-0000-0000-0000-000000000000/enable", None, 404),
+    ]
+    for method, path, body, status in cases:
+        kwargs = {"json": body} if body is not None else {}
+        answer = getattr(tc, method)(path, headers=admin, **kwargs)
+        assert answer.status_code == status, (method, path, answer.status_code, answer.text)
+        assert answer.headers["content-type"].startswith("application/problem+json")
+    cleared = tc.patch(base, json={"filter": None, "description": "all"}, headers=admin)
+    assert cleared.status_code == 200 and cleared.json()["filter"] is None
