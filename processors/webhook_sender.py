@@ -36,11 +36,11 @@ from datetime import UTC, datetime
 import httpx
 import psycopg
 import structlog
-from psycopg_pool import AsyncConnectionPool
+from psycopg_pool import AsyncConnectionPool, PoolTimeout
 from standardwebhooks import Webhook
 
 from ledger.crypto import Keyring
-from ledger.lease import wait_for_stop
+from ledger.lease import pool_conninfo, wait_for_stop
 from ledger.store import EventStore, RecordedEvent
 from processors import webhook_deliveries
 from processors.outbound import BlockedDestination, OutboundGuard, outbound_client
@@ -125,10 +125,16 @@ class WebhookSender:
                     free = self.options.concurrency - len(in_flight)
                     claimed: list[Claimed] = []
                     if free > 0:
-                        async with self.pool.connection() as conn:
-                            claimed = await webhook_deliveries.claim(
-                                conn, free, self.options.lease_s, uuid.uuid4()
-                            )
+                        try:
+                            async with self.pool.connection() as conn:
+                                claimed = await webhook_deliveries.claim(
+                                    conn, free, self.options.lease_s, uuid.uuid4()
+                                )
+                        except (psycopg.Error, PoolTimeout, OSError) as exc:
+                            # A database blip must not abandon the requests in flight.
+                            log.warning("claiming webhook deliveries failed", error=repr(exc))
+                            await wait_for_stop(stop, self.rng.uniform(0.5, 1.5))
+                            continue
                     for delivery in claimed:
                         task = asyncio.create_task(self._deliver(client, delivery))
                         in_flight.add(task)
@@ -167,7 +173,8 @@ class WebhookSender:
         """Wakes the loop on NOTIFY; reconnects (bounded by the stop) if the connection drops."""
         while not stop.is_set():
             try:
-                conn = await psycopg.AsyncConnection.connect(self.pool.conninfo, autocommit=True)
+                conn = await psycopg.AsyncConnection.connect(pool_conninfo(self.pool),
+                                                            autocommit=True)
                 async with conn:
                     await conn.execute(f"LISTEN {webhook_deliveries.CHANNEL}")
                     async for _ in conn.notifies():

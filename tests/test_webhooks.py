@@ -393,7 +393,14 @@ async def test_an_erased_leads_pending_deliveries_carry_no_personal_data(
     sender = WebhookSender(store, pool, keyring, SenderOptions(retry_scale=0.00005, poll_s=0.05))
     reactor = make_reactor_runner(infra, store, pool, webhooks_reactor(pool, keyring))
     async with running(make_relay(infra, store, pool), reactor, sender):
-        await eventually(lambda: _has_requests(receiver, 1), 30, "a first (failed) attempt")
+        try:
+            await eventually(lambda: _has_requests(receiver, 1), 30, "a first (failed) attempt")
+        except AssertionError:
+            async with pool.connection() as conn:
+                cur = await conn.execute("SELECT * FROM webhook_deliveries")
+                rows = await cur.fetchall()
+                cur = await conn.execute("SELECT * FROM webhook_attempts")
+                raise AssertionError(f"{rows} {await cur.fetchall()}") from None
         assert receiver.requests[0].payload["data"]["event"]["fields"]["email"] == \
             "ada@x.example"
         await store.destroy_key("ws-a", "L1")
