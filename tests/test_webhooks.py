@@ -400,7 +400,10 @@ async def test_an_erased_leads_pending_deliveries_carry_no_personal_data(
                 cur = await conn.execute("SELECT * FROM webhook_deliveries")
                 rows = await cur.fetchall()
                 cur = await conn.execute("SELECT * FROM webhook_attempts")
-                raise AssertionError(f"{rows} {await cur.fetchall()}") from None
+                attempts = await cur.fetchall()
+                cur = await conn.execute("SELECT reactor, error FROM dead_letters")
+                raise AssertionError(f"deliveries {rows}, attempts {attempts}, "
+                                     f"dead letters {await cur.fetchall()}") from None
         assert receiver.requests[0].payload["data"]["event"]["fields"]["email"] == \
             "ada@x.example"
         await store.destroy_key("ws-a", "L1")
