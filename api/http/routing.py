@@ -182,7 +182,7 @@ class RoutingController(Controller):
     @put("/rules", summary="Replace the assignment rules (admin, ops)",
          description="Compiled on save: a rule that does not compile is refused (422) with "
          "its index, name, and the line and column of the error.",
-         responses=problem_responses(401, 403, 422, 429))
+         responses=problem_responses(400, 401, 403, 422, 429))
     async def put_rules(self, request: Request, data: RulesBody, services: Services) -> Rules:
         key = request.user.key
         rules = [RoutingRule(**msgspec.structs.asdict(r)) for r in data.rules]
@@ -203,7 +203,7 @@ class RoutingController(Controller):
 
     @put("/teams", summary="Replace the teams (admin, ops)",
          description="A team that a rule or territory names cannot be removed (422).",
-         responses=problem_responses(401, 403, 422, 429))
+         responses=problem_responses(400, 401, 403, 422, 429))
     async def put_teams(self, request: Request, data: TeamsBody, services: Services) -> Teams:
         key = request.user.key
         teams = [Team(id=t.id, name=t.name, strategy=t.strategy,
@@ -238,7 +238,7 @@ class RoutingController(Controller):
         return Territories(list(book.territories))
 
     @put("/territories", summary="Replace the territories (admin, ops)",
-         responses=problem_responses(401, 403, 422, 429))
+         responses=problem_responses(400, 401, 403, 422, 429))
     async def put_territories(self, request: Request, data: TerritoriesBody,
                               services: Services) -> Territories:
         key = request.user.key
@@ -257,7 +257,7 @@ class RoutingController(Controller):
         return (await _book(services, request.user.key.workspace)).sla
 
     @put("/sla", summary="Replace the SLA settings (admin, ops)",
-         responses=problem_responses(401, 403, 422, 429))
+         responses=problem_responses(400, 401, 403, 422, 429))
     async def put_sla(self, request: Request, data: SlaBody, services: Services) -> SlaSettings:
         key = request.user.key
         sla = SlaSettings(**msgspec.structs.asdict(data))

@@ -119,13 +119,13 @@ class TasksController(Controller):
                        if more else None)
         return TaskPage(data=[_view(r, now) for r in rows], next_cursor=next_cursor)
 
-    @get("/{task_id:str}", summary="One task", responses=problem_responses(401, 404, 429))
+    @get("/{task_id:str}", summary="One task", responses=problem_responses(400, 401, 404, 429))
     async def show(self, request: Request, task_id: str, services: Services) -> TaskView:
         return _view(await _task(services, request.user.key.workspace, task_id),
                      datetime.now(UTC))
 
     @post("/{task_id:str}/complete", status_code=200, summary="Complete a task",
-          responses=problem_responses(401, 403, 404, 410, 422, 429))
+          responses=problem_responses(400, 401, 403, 404, 410, 422, 429))
     async def complete(self, request: Request, task_id: str, data: CompleteBody,
                        services: Services) -> Response[TaskView]:
         row = await _task(services, request.user.key.workspace, task_id)
@@ -138,7 +138,7 @@ class TasksController(Controller):
         return _reply(done, result)
 
     @post("/{task_id:str}/reassign", status_code=200, summary="Reassign a task",
-          responses=problem_responses(401, 403, 404, 409, 410, 422, 429))
+          responses=problem_responses(400, 401, 403, 404, 409, 410, 422, 429))
     async def reassign(self, request: Request, task_id: str, data: ReassignBody,
                        services: Services) -> Response[TaskView]:
         row = await _task(services, request.user.key.workspace, task_id)

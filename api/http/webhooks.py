@@ -104,7 +104,7 @@ class WebhooksController(Controller):
         return WebhookEndpoints(services.runtime.pool, services.runtime.keyring)
 
     @get("/event-types", summary="Every webhook event type, with an example payload",
-         responses=problem_responses(401, 429))
+         responses=problem_responses(400, 401, 429))
     async def event_types(self) -> list[WebhookEventTypeView]:
         return [WebhookEventTypeView(type=t.type, ledger_type=t.ledger_type,
                                      description=t.description,
@@ -172,7 +172,7 @@ class WebhooksController(Controller):
             next_cursor=encode_cursor(EndpointCursor(rows[-1].id)) if more else None,
         )
 
-    @get("/{endpoint_id:str}", summary="One endpoint", responses=problem_responses(401, 404, 429))
+    @get("/{endpoint_id:str}", summary="One endpoint", responses=problem_responses(400, 401, 404, 429))
     async def show(self, request: Request, endpoint_id: EndpointId,
                    services: Services) -> WebhookEndpointView:
         endpoint = await self._endpoints(services).get(request.user.key.workspace, endpoint_id)
@@ -205,7 +205,7 @@ class WebhooksController(Controller):
 
     @delete("/{endpoint_id:str}", status_code=HTTP_204_NO_CONTENT,
             summary="Delete an endpoint and its delivery log (admin, ops)",
-            responses=problem_responses(401, 403, 404, 429))
+            responses=problem_responses(400, 401, 403, 404, 429))
     async def remove(self, request: Request, endpoint_id: EndpointId,
                      services: Services) -> None:
         if not await self._endpoints(services).delete(request.user.key.workspace, endpoint_id):
@@ -228,7 +228,7 @@ class WebhooksController(Controller):
         return with_secret(*rotated)
 
     @post("/{endpoint_id:str}/enable", status_code=200, summary="Resume deliveries (admin, ops)",
-          responses=problem_responses(401, 403, 404, 429))
+          responses=problem_responses(400, 401, 403, 404, 429))
     async def enable(self, request: Request, endpoint_id: EndpointId,
                      services: Services) -> WebhookEndpointView:
         return await self._set_enabled(request, services, endpoint_id, True, None)
@@ -237,7 +237,7 @@ class WebhooksController(Controller):
           summary="Pause deliveries (admin, ops)",
           description="Pending deliveries wait until the endpoint is enabled again; events "
           "recorded meanwhile are not queued for it.",
-          responses=problem_responses(401, 403, 404, 429))
+          responses=problem_responses(400, 401, 403, 404, 429))
     async def disable(self, request: Request, endpoint_id: EndpointId, services: Services,
                       data: DisableRequest | None = None) -> WebhookEndpointView:
         reason = (data.reason if data else None) or f"disabled by {request.user.key.key_id}"
@@ -289,7 +289,7 @@ class WebhooksController(Controller):
     @post("/{endpoint_id:str}/deliveries/{delivery_id:int}/redeliver",
           status_code=HTTP_202_ACCEPTED, summary="Send one delivery again (admin, ops)",
           description="With the same webhook-id; the retry schedule starts again.",
-          responses=problem_responses(401, 403, 404, 429))
+          responses=problem_responses(400, 401, 403, 404, 429))
     async def redeliver_one(self, request: Request, endpoint_id: EndpointId, delivery_id: int,
                             services: Services) -> DeliveryView:
         workspace = request.user.key.workspace
