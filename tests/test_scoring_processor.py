@@ -37,8 +37,17 @@ from schema.metadata import Actor, EventMetadata
 from schema.positions import LogPosition
 from schema.scoring import ScoreBand, ScoringModelSpec, ScoringRule
 from tests.http_support import *
-from tests.http_support import Keys, auth, lead_body
+from tests.http_support import Keys, auth, lead_body, make_app
 from tests.test_cli import cli_env, run_cli
+
+
+@pytest.fixture
+def api_app(infra: Any, http_settings: Any) -> Any:
+    """Without built-in enrichment: its events would rescore leads live, racing the rescore
+    jobs these tests count (and adding causes the history assertions do not expect)."""
+    from api.reactors import REACTORS
+
+    return make_app(infra, http_settings, reactors=[r for r in REACTORS if r != "enrich"])
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
