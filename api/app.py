@@ -47,6 +47,7 @@ from api.http.tags import TagsController
 from api.http.tasks import TasksController
 from api.http.vocabularies import VocabulariesController
 from api.http.webhooks import WebhooksController
+from api.http.what_if import WhatIfController
 from api.http.workspace import KeysController, WorkspaceController
 from api.runtime import Runtime
 
@@ -83,7 +84,7 @@ def create_app(runtime: Runtime, settings: HttpSettings | None = None) -> Litest
             EventsController, WorkspaceController, KeysController, HealthController,
             MergeController, DuplicatesController, BounceController, QualityController,
             VocabulariesController, AttributesController,
-            ActivitiesController, ScoresController, ScoringController,
+            ActivitiesController, ScoresController, ScoringController, WhatIfController,
             DeadLettersController, OutboundController,
             EnrichLeadController, EnrichmentController,
             RoutingController, TasksController,
