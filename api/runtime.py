@@ -13,6 +13,7 @@ from psycopg_pool import AsyncConnectionPool
 from api.settings import Settings
 from ledger.crypto import Keyring, parse_master_key
 from ledger.database import open_pool
+from ledger.email_dns import MxChecker, parse_nameservers
 from ledger.identity import IdentityHasher
 from ledger.ingest import Ingestor
 from ledger.lead_commands import LeadCommands
@@ -71,7 +72,9 @@ def build_runtime(
         keyring=keyring,
         store=store,
         commands=commands,
-        ingestor=Ingestor(commands, CandidateFinder(pool), fuzzy=dedup),
+        ingestor=Ingestor(commands, CandidateFinder(pool), fuzzy=dedup, mx=MxChecker(
+            parse_nameservers(settings.dns_nameservers), timeout_s=settings.dns_timeout_s,
+        )),
         quality=QualitySettings(pool),
         outbound=OutboundGuard(pool),
     )

@@ -9,6 +9,8 @@ from typing import Literal
 
 import msgspec
 
+from ledger.email_dns import DnsConfigError, parse_nameservers
+
 
 class Settings(msgspec.Struct, kw_only=True, frozen=True):
     database_url: str | None = None
@@ -37,6 +39,11 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     """How many partitions each reactor's leads are split into (processors/reactor.py)."""
     reactor_concurrency: int = 16
     """Leads one reactor partition works on at once."""
+    dns_nameservers: str | None = None
+    """The MX check's resolvers, `address[:port]` separated by commas (`[v6]:port`); None means
+    the system's (resolv.conf). Only workspaces with `email_mx_check` on make lookups."""
+    dns_timeout_s: float = 2.0
+    """How long one MX check may take before its outcome is unknown (and the write goes on)."""
 
 
 _ENV = {
@@ -56,6 +63,8 @@ _ENV = {
     "dedup": "LEADLEDGER_DEDUP",
     "reactor_partitions": "LEADLEDGER_REACTOR_PARTITIONS",
     "reactor_concurrency": "LEADLEDGER_REACTOR_CONCURRENCY",
+    "dns_nameservers": "LEADLEDGER_DNS_NAMESERVERS",
+    "dns_timeout_s": "LEADLEDGER_DNS_TIMEOUT_S",
 }
 
 
@@ -69,6 +78,10 @@ def load_settings(env: Mapping[str, str] | None = None, **overrides: object) -> 
     raw: dict[str, object] = {f: env[v] for f, v in _ENV.items() if env.get(v)}
     raw.update({k: v for k, v in overrides.items() if v is not None})
     try:
-        return msgspec.convert(raw, Settings, strict=False)
+        settings = msgspec.convert(raw, Settings, strict=False)
+        parse_nameservers(settings.dns_nameservers)
     except msgspec.ValidationError as exc:
         raise SettingsError(f"invalid setting: {exc}") from None
+    except DnsConfigError as exc:
+        raise SettingsError(f"invalid setting: LEADLEDGER_DNS_NAMESERVERS: {exc}") from None
+    return settings

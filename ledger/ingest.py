@@ -1,6 +1,10 @@
 """Ingestion: the one creation path shared by single creates, batches, imports, MCP and
 processors. Normalize → validate → deduplicate → create, merge or flag.
 
+When the workspace checks MX (`QualityPolicy.email_mx_check`), the email's domain is looked up
+here, before the command is decided (the decider does no I/O), and the outcome rides on the
+command (`email_deliverable`); a lookup that fails gives None and never fails the create.
+
 Exact duplicates are caught by the identity index inside the append's transaction (so they hold
 under concurrency); likely duplicates are found by fuzzy matching against the read model (best
 effort: the read model may trail the ledger by a moment). Each has its own policy.
@@ -18,6 +22,8 @@ import msgspec
 import psycopg
 from msgspec import UNSET
 
+from ledger.email_check import INVALID, check_email
+from ledger.email_dns import MxChecker
 from ledger.errors import DuplicateLead
 from ledger.fuzzy import Match, Person, likely_duplicates
 from ledger.lead_commands import FLAG, RAISE, CommandResult, LeadCommands
@@ -61,12 +67,24 @@ class IngestResult(msgspec.Struct, frozen=True, kw_only=True):
 
 class Ingestor:
     def __init__(
-        self, commands: LeadCommands, find_candidates: CandidateFinder, *, fuzzy: bool = True
+        self, commands: LeadCommands, find_candidates: CandidateFinder, *, fuzzy: bool = True,
+        mx: MxChecker | None = None,
     ) -> None:
         self.commands = commands
         self.find_candidates = find_candidates
         self.fuzzy = fuzzy
         """False only with dedup off (api/settings.py): no likely-duplicate lookups."""
+        self.mx = mx
+        """The MX checker, for workspaces that turn the check on; None: never checked."""
+
+    async def email_deliverable(self, policy: QualityPolicy, email: object) -> bool | None:
+        """The MX lookup's outcome for a command's `email_deliverable`, when `policy` asks for
+        one; None when it does not, or the lookup could not tell."""
+        if not policy.email_mx_check or self.mx is None or not isinstance(email, str):
+            return None
+        if check_email(email).status == INVALID:
+            return None  # invalid offline already (and so quarantined): spare the lookup
+        return await self.mx.deliverable(email)
 
     async def create(
         self,
@@ -90,6 +108,7 @@ class Ingestor:
             lead_id=lead.lead_id, fields=normalized.fields,
             stage=normalized.stage or DEFAULT_STAGE, owner=lead.owner, tags=lead.tags,
             attributes=lead.attributes, personal_attributes=lead.personal_attributes,
+            email_deliverable=await self.email_deliverable(policy, normalized.fields.email),
         )
         matches = await self._fuzzy(workspace, command, policy)
         if matches and policy.fuzzy_policy == "reject":
@@ -136,8 +155,9 @@ class Ingestor:
         attributes."""
         given = {n: v for n in FIELD_NAMES if (v := getattr(command.fields, n)) not in (UNSET, None)}
         result = await self.commands.execute(
-            workspace, existing_id, ChangeLeadFields(changes=LeadFields(**given)), metadata,
-            conn=conn,
+            workspace, existing_id, ChangeLeadFields(
+                changes=LeadFields(**given), email_deliverable=command.email_deliverable),
+            metadata, conn=conn,
         )
         for tag in command.tags:
             tagged = await self.commands.execute(workspace, existing_id, TagLead(tag=tag), metadata,

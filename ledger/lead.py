@@ -7,8 +7,10 @@ The lead's invariants live here and nowhere else:
   * an archived lead takes only restore, merge and erase;
   * stages come from the lifecycle vocabulary; tags are short lowercase tokens;
   * a command that changes nothing produces no event;
-  * every email set on a lead is checked (offline) and the result recorded; a lead whose email
-    is invalid (or hard-bounced) is quarantined: visible and fixable, out of the active pipeline.
+  * every email set on a lead is checked (offline, plus the MX lookup the shell did when the
+    workspace asks for one, given on the command) and the result recorded; a lead whose email
+    is invalid (or hard-bounced, or at a domain that takes no mail) is quarantined: visible and
+    fixable, out of the active pipeline.
 """
 
 from __future__ import annotations
@@ -263,7 +265,8 @@ def decide(state: LeadState, command: LeadCommand) -> list[LeadEvent]:
             changes = _diff(state.fields, command.changes)
             if changes == LeadFields():
                 return []
-            return [LeadFieldsChanged(changes=changes), *_email_checked(changes.email)]
+            return [LeadFieldsChanged(changes=changes),
+                    *_email_checked(changes.email, command.email_deliverable)]
         case TagLead():
             tag = _valid_tag(command.tag)
             if tag in state.tags:
@@ -368,7 +371,7 @@ def _create(state: LeadState, command: CreateLead) -> list[LeadEvent]:
         owner=command.owner, tags=tags,
     )
     attributes = _attributes_changed({}, command.attributes, command.personal_attributes)
-    return [created, *_email_checked(fields.email), *attributes]
+    return [created, *_email_checked(fields.email, command.email_deliverable), *attributes]
 
 
 def _attributes_changed(
@@ -436,15 +439,18 @@ def _activity(command: RecordActivity) -> LeadActivityRecorded:
     )
 
 
-def _email_checked(email: object) -> list[LeadEvent]:
-    """Every email set on a lead gets its check recorded (clearing it records nothing)."""
+def _email_checked(email: object, deliverable: bool | None = None) -> list[LeadEvent]:
+    """Every email set on a lead gets its check recorded (clearing it records nothing).
+    `deliverable` is the shell's MX lookup: False makes the email invalid (`no-mx`); None (not
+    checked, or the lookup failed) adds nothing."""
     if not isinstance(email, str):
         return []
     result = check_email(email)
+    status, reasons = result.status, result.reasons
+    if deliverable is False:
+        status, reasons = INVALID, (*reasons, "no-mx")
     suggestion = result.suggestion.rsplit("@", 1)[1] if result.suggestion else None
-    return [LeadEmailChecked(
-        status=result.status, reasons=result.reasons, suggestion_domain=suggestion
-    )]
+    return [LeadEmailChecked(status=status, reasons=reasons, suggestion_domain=suggestion)]
 
 
 def _absorb(state: LeadState, command: AbsorbLead) -> list[LeadEvent]:

@@ -28,6 +28,9 @@ class QualityPolicy(msgspec.Struct, frozen=True, kw_only=True):
     on_unknown: str = "reject"
     """A value outside a vocabulary: reject it, or keep it as entered and flag it."""
     required_fields: tuple[str, ...] = DEFAULT_REQUIRED
+    email_mx_check: bool = False
+    """Look up the email domain's MX (ledger/email_dns.py) on creates and email changes; a
+    domain that takes no mail makes the email invalid (`no-mx`)."""
 
 
 class WorkspaceQuality(msgspec.Struct, frozen=True):
@@ -36,7 +39,7 @@ class WorkspaceQuality(msgspec.Struct, frozen=True):
 
 
 _POLICY = """
-SELECT exact_policy, fuzzy_policy, fuzzy_threshold, on_unknown, required_fields
+SELECT exact_policy, fuzzy_policy, fuzzy_threshold, on_unknown, required_fields, email_mx_check
 FROM quality_settings WHERE workspace = %s
 """
 _TERMS = """
@@ -45,12 +48,13 @@ WHERE workspace = %s ORDER BY vocabulary, code
 """
 _SAVE_POLICY = """
 INSERT INTO quality_settings (workspace, exact_policy, fuzzy_policy, fuzzy_threshold, on_unknown,
-                              required_fields, updated_by, reason)
-VALUES (%s, %s, %s, %s, %s, %s, %s, %s)
+                              required_fields, email_mx_check, updated_by, reason)
+VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)
 ON CONFLICT (workspace) DO UPDATE SET
     exact_policy = excluded.exact_policy, fuzzy_policy = excluded.fuzzy_policy,
     fuzzy_threshold = excluded.fuzzy_threshold, on_unknown = excluded.on_unknown,
-    required_fields = excluded.required_fields, updated_at = now(),
+    required_fields = excluded.required_fields, email_mx_check = excluded.email_mx_check,
+    updated_at = now(),
     updated_by = excluded.updated_by, reason = excluded.reason
 """
 _DELETE_TERMS = "DELETE FROM vocabulary_terms WHERE workspace = %s AND vocabulary = %s"
@@ -79,7 +83,8 @@ class QualitySettings:
         async with self.pool.connection() as conn:
             await conn.execute(_SAVE_POLICY, (
                 workspace, policy.exact_policy, policy.fuzzy_policy, policy.fuzzy_threshold,
-                policy.on_unknown, list(policy.required_fields), actor, reason,
+                policy.on_unknown, list(policy.required_fields), policy.email_mx_check, actor,
+                reason,
             ))
         self._cache.pop(workspace, None)
 
@@ -106,7 +111,7 @@ async def _load(conn: psycopg.AsyncConnection, workspace: str) -> WorkspaceQuali
     row = await cur.fetchone()
     policy = QualityPolicy() if row is None else QualityPolicy(
         exact_policy=row[0], fuzzy_policy=row[1], fuzzy_threshold=row[2], on_unknown=row[3],
-        required_fields=tuple(row[4]),
+        required_fields=tuple(row[4]), email_mx_check=row[5],
     )
     cur = await conn.execute(_TERMS, (workspace,))
     custom: dict[str, list[Term]] = {}

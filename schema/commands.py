@@ -18,10 +18,15 @@ class CreateLead(msgspec.Struct, kw_only=True, frozen=True):
     attributes: dict[str, AttributeValue] = {}
     """Custom attribute values, already validated against the workspace's definitions."""
     personal_attributes: dict[str, AttributeValue] = {}
+    email_deliverable: bool | None = None
+    """Whether the email's domain takes mail, looked up by the shell (ledger/email_dns.py) when
+    the workspace checks MX; None: not checked, or the lookup failed."""
 
 
 class ChangeLeadFields(msgspec.Struct, kw_only=True, frozen=True):
     changes: LeadFields
+    email_deliverable: bool | None = None
+    """As on CreateLead, for the email in `changes`."""
 
 
 class ChangeLeadAttributes(msgspec.Struct, kw_only=True, frozen=True):

@@ -125,7 +125,8 @@ class LeadMergedInto(Event, frozen=True):
 
 
 class LeadEmailChecked(Event, frozen=True):
-    """The result of validating the lead's current email when it was set (offline checks)."""
+    """The result of validating the lead's current email when it was set: the offline checks,
+    plus `no-mx` when the workspace's MX lookup found the domain takes no mail."""
 
     event_type: ClassVar[str] = "LeadEmailChecked"
     status: str  # valid, risky, invalid

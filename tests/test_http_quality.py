@@ -129,13 +129,15 @@ def test_quality_settings(tc: TestClient, keys: Keys) -> None:
     defaults = tc.get("/v1/quality/settings", headers=auth(keys.analyst)).json()
     assert defaults == {"exact_policy": "reject", "fuzzy_policy": "flag", "fuzzy_threshold": 88.0,
                         "on_unknown": "reject", "required_fields": [
-                            "email", "first_name", "last_name", "company", "country"]}
+                            "email", "first_name", "last_name", "company", "country"],
+                        "email_mx_check": False}
     wanted = {"exact_policy": "merge", "on_unknown": "flag", "fuzzy_threshold": 92,
               "required_fields": ["email", "company", "title", "title"], "reason": "Imports"}
     assert_problem(tc.put("/v1/quality/settings", json=wanted, headers=auth(keys.sales)),
                    403, "forbidden")
     for bad in ({"required_fields": ["email", "shoe_size"]}, {"fuzzy_threshold": 20},
-                {"exact_policy": "ignore"}, {"on_unknown": "merge"}, {"extra": 1}):
+                {"exact_policy": "ignore"}, {"on_unknown": "merge"}, {"extra": 1},
+                {"email_mx_check": "sometimes"}):
         errors = assert_problem(tc.put("/v1/quality/settings", json=bad,
                                        headers=auth(keys.admin)), 422, "validation-failed")
         assert errors["errors"][0]["field"].startswith(next(iter(bad)))
@@ -143,7 +145,8 @@ def test_quality_settings(tc: TestClient, keys: Keys) -> None:
     assert saved.status_code == 200, saved.text
     assert saved.json() == {"exact_policy": "merge", "fuzzy_policy": "flag",
                             "fuzzy_threshold": 92.0, "on_unknown": "flag",
-                            "required_fields": ["email", "company", "title"]}
+                            "required_fields": ["email", "company", "title"],
+                            "email_mx_check": False}
     assert tc.get("/v1/quality/settings", headers=auth(keys.sales)).json() == saved.json()
 
     # the workspace's policy applies to creates: merge exact duplicates, keep unknown values

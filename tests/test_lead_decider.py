@@ -94,6 +94,46 @@ def test_a_new_email_is_checked_and_an_invalid_one_quarantines_the_lead():
     assert not fold([CREATED, *events, *fixed]).quarantined
 
 
+def test_an_email_at_a_domain_without_mail_is_invalid_no_mx_and_quarantines_the_lead():
+    cmd = CreateLead(lead_id="L1", fields=LeadFields(email="ada@example.com", company="Acme"),
+                     stage="lead", tags=("vip",), email_deliverable=False)
+    events = then([], cmd)
+    assert events == [CREATED, LeadEmailChecked(status="invalid", reasons=("no-mx",))]
+    state = fold(events)
+    assert state.quarantined and state.email_reasons == ("no-mx",) and state.status == ACTIVE
+
+
+def test_a_deliverable_or_unchecked_email_records_only_the_offline_check():
+    for deliverable in (True, None):
+        cmd = CreateLead(lead_id="L1", fields=LeadFields(email="ada@example.com", company="Acme"),
+                         stage="lead", tags=("vip",), email_deliverable=deliverable)
+        assert then([], cmd) == [CREATED, LeadEmailChecked(status="valid")]
+
+
+def test_a_changed_email_at_a_domain_without_mail_keeps_the_offline_reasons_too():
+    events = then([CREATED], ChangeLeadFields(changes=LeadFields(email="info@gone.example"),
+                                              email_deliverable=False))
+    assert events == [
+        LeadFieldsChanged(changes=LeadFields(email="info@gone.example")),
+        LeadEmailChecked(status="invalid", reasons=("role-account", "no-mx")),
+    ]
+    state = fold([CREATED, *events])
+    assert state.quarantined
+    # fixed with a deliverable email: out of quarantine
+    fixed = then([CREATED, *events], ChangeLeadFields(
+        changes=LeadFields(email="ada@good.example"), email_deliverable=True))
+    assert fixed[-1] == LeadEmailChecked(status="valid")
+    assert not fold([CREATED, *events, *fixed]).quarantined
+
+
+def test_the_mx_outcome_of_an_email_that_does_not_change_records_nothing():
+    assert then([CREATED], ChangeLeadFields(changes=LeadFields(email="ada@example.com"),
+                                            email_deliverable=False)) == []
+    cleared = then([CREATED], ChangeLeadFields(changes=LeadFields(email=None),
+                                               email_deliverable=False))
+    assert cleared == [LeadFieldsChanged(changes=LeadFields(email=None))]
+
+
 def test_hard_bounce_invalidates_the_email_soft_bounce_does_not():
     soft = then([CREATED], RecordEmailBounce(kind="soft"))
     assert not fold([CREATED, *soft]).quarantined

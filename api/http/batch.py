@@ -216,7 +216,8 @@ class _Batch:
         self.on_fuzzy = on_fuzzy
         self.definitions = definitions
         self.candidates = BatchCandidates(services.writer.ingestor.find_candidates)
-        self.ingestor = Ingestor(services.runtime.commands, self.candidates)
+        self.ingestor = Ingestor(services.runtime.commands, self.candidates,
+                                 mx=services.writer.ingestor.mx)
 
     async def each(self, items: list[_Item]) -> Reply:
         gate = asyncio.Semaphore(CONCURRENCY)

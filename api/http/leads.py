@@ -93,7 +93,11 @@ def expected_version(request: Request) -> int | None:
     return None if version == ANY else version
 
 
-def _patch_plan(data: Any, definitions: Mapping[str, AttributeDefinition]) -> Any:
+def _patch_plan(
+    data: Any, definitions: Mapping[str, AttributeDefinition],
+    email_deliverable: bool | None = None,
+) -> Any:
+    """`email_deliverable`: the MX lookup of the email the PATCH sets, done beforehand."""
     fields = lead_fields(data, patch=True)
     attributes = None
     if data.attributes is not UNSET:
@@ -102,7 +106,8 @@ def _patch_plan(data: Any, definitions: Mapping[str, AttributeDefinition]) -> An
     def plan(state: LeadState) -> list[LeadCommand]:
         commands: list[LeadCommand] = []
         if fields:
-            commands.append(ChangeLeadFields(changes=LeadFields(**fields)))
+            commands.append(ChangeLeadFields(
+                changes=LeadFields(**fields), email_deliverable=email_deliverable))
         if data.stage is not UNSET:
             commands.append(ChangeStage(stage=data.stage))
         if data.owner is not UNSET:
@@ -224,9 +229,11 @@ class LeadController(Controller):
                 "precondition-required",
                 "this workspace requires If-Match with the lead's ETag on PATCH",
             )
-        definitions = await services.attributes.current(request.user.key.workspace)
+        workspace = request.user.key.workspace
+        definitions = await services.attributes.current(workspace)
+        deliverable = await services.writer.email_deliverable(workspace, data.email)
         result = await services.writer.apply(
-            request.user.key.workspace, lead_id, _patch_plan(data, definitions),
+            workspace, lead_id, _patch_plan(data, definitions, deliverable),
             write_metadata(request, data.reason),
             expected_version=None if version == ANY else version,
         )

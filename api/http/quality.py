@@ -5,7 +5,7 @@ components and the most common problems. GET /v1/quality/problems/{problem} list
 fail one rule, worst first. Both rescore every lead against the workspace's required fields and
 vocabularies at the current time (api/http/quality_queries.py). /v1/quality/settings holds the
 ingestion policy: duplicate policies, fuzzy threshold, unknown vocabulary values, required
-fields; any key reads it, only an admin key changes it.
+fields, the optional MX check of emails; any key reads it, only an admin key changes it.
 """
 
 from __future__ import annotations
@@ -60,6 +60,12 @@ class QualitySettingsBody(msgspec.Struct, kw_only=True, frozen=True, forbid_unkn
         max_length=len(FIELD_NAMES), description="Lead fields a complete lead has: the "
         "completeness part of the quality score.")] = msgspec.field(
         default_factory=lambda: list(DEFAULT_REQUIRED))
+    email_mx_check: Annotated[bool, Meta(
+        description="Look up the email domain in DNS when a lead is created or its email "
+        "changes: a domain that does not exist or takes no mail (no MX, and no address for "
+        "the implicit MX) makes the email `invalid` with reason `no-mx`, quarantining the "
+        "lead. A lookup that fails or times out (2 s by default) never holds up the write: "
+        "the email is then left as the offline checks found it.")] = False
     reason: Reason | None = None
 
 
@@ -69,6 +75,7 @@ class QualitySettingsView(msgspec.Struct, kw_only=True, frozen=True):
     fuzzy_threshold: float
     on_unknown: Literal["reject", "flag"]
     required_fields: list[str]
+    email_mx_check: bool
 
 
 class Bucket(msgspec.Struct, frozen=True):
@@ -115,8 +122,9 @@ SETTINGS_BODY = Body(title="The ingestion policy", examples=[Example(
 
 _FIXED = {
     "email-risky": "The email is a role account (info@, sales@...): deliverable but risky.",
-    "email-invalid": "The email is invalid: bad syntax, a disposable or typo domain, or a "
-                     "hard bounce. The lead is quarantined.",
+    "email-invalid": "The email is invalid: bad syntax, a disposable or typo domain, a "
+                     "domain that takes no mail (with the MX check on), or a hard bounce. The "
+                     "lead is quarantined.",
     "phone-unparseable": "The phone is not a valid number (kept as entered).",
     "phone-country-mismatch": "The phone's country is not the lead's country.",
     "email-domain-mismatch": "The business email's domain is not the website's.",
@@ -138,7 +146,7 @@ def _view(policy: QualityPolicy) -> QualitySettingsView:
     return QualitySettingsView(
         exact_policy=policy.exact_policy, fuzzy_policy=policy.fuzzy_policy,  # type: ignore[arg-type]
         fuzzy_threshold=policy.fuzzy_threshold, on_unknown=policy.on_unknown,  # type: ignore[arg-type]
-        required_fields=list(policy.required_fields),
+        required_fields=list(policy.required_fields), email_mx_check=policy.email_mx_check,
     )
 
 
@@ -216,7 +224,8 @@ class QualityController(Controller):
     @put("/settings", summary="Set the workspace's ingestion policy (admin)",
          description="Duplicate policies (per request, `?on_duplicate=` and `?on_fuzzy=` "
          "override them), the fuzzy threshold, what happens to a value outside a vocabulary, "
-         "and the fields a complete lead has. Omitted fields take their defaults.",
+         "the fields a complete lead has, and whether emails' domains are checked in DNS. "
+         "Omitted fields take their defaults.",
          guards=[require_admin],
          responses=problem_responses(400, 401, 403, 413, 415, 422, 429))
     async def change(
@@ -227,6 +236,7 @@ class QualityController(Controller):
             exact_policy=data.exact_policy, fuzzy_policy=data.fuzzy_policy,
             fuzzy_threshold=data.fuzzy_threshold, on_unknown=data.on_unknown,
             required_fields=tuple(dict.fromkeys(data.required_fields)),
+            email_mx_check=data.email_mx_check,
         )
         key = request.user.key
         await services.writer.quality.save_policy(

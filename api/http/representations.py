@@ -187,9 +187,11 @@ def _lead() -> type[msgspec.Struct]:
          msgspec.field(default_factory=list)),
         ("email_status", Annotated[Literal["valid", "risky", "invalid"] | None, Meta(
             description="The email's check: `invalid` (bad syntax, disposable or typo domain, "
-            "hard bounce) quarantines the lead; `risky` (a role account) is flagged.")], None),
+            "a domain that takes no mail, hard bounce) quarantines the lead; `risky` (a role "
+            "account) is flagged.")], None),
         ("email_reasons", Annotated[list[str], Meta(
-            description="Why, e.g. `role-account`, `free-mail`, `typo-domain`, `hard-bounce`.")],
+            description="Why, e.g. `role-account`, `free-mail`, `typo-domain`, `no-mx`, "
+            "`hard-bounce`.")],
          msgspec.field(default_factory=list)),
         ("quarantined", Annotated[bool, Meta(
             description="Out of the active pipeline until its email is fixed.")], False),

@@ -143,6 +143,15 @@ class LeadWriter:
             return stamped
         return msgspec.structs.replace(stamped, merged_into=outcome.merged_into)
 
+    async def email_deliverable(self, workspace: str, email: object) -> bool | None:
+        """The MX lookup for an email a write sets (a PATCH's), when the workspace's policy asks
+        for one (`Ingestor.email_deliverable`): done before the commands are decided, which do
+        no I/O. None: not checked, or the lookup could not tell."""
+        if not isinstance(email, str):
+            return None
+        quality = await self.quality.load(workspace)
+        return await self.ingestor.email_deliverable(quality.policy, email)
+
     async def execute(
         self,
         workspace: str,
