@@ -143,6 +143,14 @@ def make_app(
     return self_opening_app(runtime, http_settings, after_open=start, before_close=stop)
 
 
+def without_enrichment() -> list[str]:
+    """Every reactor but built-in enrichment, which appends to every new lead: for tests that
+    pin a lead's exact versions, history or change feed."""
+    from api.reactors import REACTORS
+
+    return [name for name in REACTORS if name != "enrich"]
+
+
 class _Server(uvicorn.Server):
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:  # the test process owns its signals

@@ -14,7 +14,7 @@ from litestar.testing import TestClient
 
 from api.http.settings import HttpSettings
 from tests.http_support import *
-from tests.http_support import Keys, auth, lead_body, make_app
+from tests.http_support import Keys, auth, lead_body, make_app, without_enrichment
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
@@ -26,9 +26,7 @@ def api_app(infra: Any, http_settings: HttpSettings) -> Any:
     """Every worker but the reactors that append to each new lead (built-in enrichment): these
     tests pin a lead's exact versions, history and change feed. What processors add is tested
     where they are (test_http_enrichment, test_routing, test_webhooks)."""
-    from api.reactors import REACTORS
-
-    return make_app(infra, http_settings, reactors=[r for r in REACTORS if r != "enrich"])
+    return make_app(infra, http_settings, reactors=without_enrichment())
 
 
 def create(tc: TestClient, token: str, n: int = 0, **overrides: Any) -> tuple[dict, str]:

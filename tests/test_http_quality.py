@@ -16,7 +16,13 @@ from api.http.quality_queries import Rescoring, summarize
 from ledger.quality_settings import QualityPolicy, WorkspaceQuality
 from ledger.vocabulary import BUILTIN
 from tests.http_support import *
-from tests.http_support import Keys, auth, lead_body
+from tests.http_support import Keys, auth, lead_body, make_app, without_enrichment
+
+
+@pytest.fixture
+def api_app(infra: Any, http_settings: Any) -> Any:
+    """Without built-in enrichment: these tests pin a lead's versions (a bounce is version + 1)."""
+    return make_app(infra, http_settings, reactors=without_enrichment())
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 

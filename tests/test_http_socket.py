@@ -9,7 +9,7 @@ import collections
 import httpx
 import pytest
 
-from tests.http_support import *  # noqa: F403
+from tests.http_support import *
 from tests.http_support import Keys, auth, lead_body
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")

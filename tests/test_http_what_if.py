@@ -10,7 +10,7 @@ import pytest
 from litestar.testing import TestClient
 
 from tests.http_support import *
-from tests.http_support import Keys, auth, lead_body, make_app
+from tests.http_support import Keys, auth, lead_body, make_app, without_enrichment
 from tests.test_scoring_processor import activate
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
@@ -29,9 +29,7 @@ CANDIDATE = {
 
 @pytest.fixture
 def api_app(infra: Any, http_settings: Any) -> Any:
-    from api.reactors import REACTORS
-
-    return make_app(infra, http_settings, reactors=[r for r in REACTORS if r != "enrich"])
+    return make_app(infra, http_settings, reactors=without_enrichment())
 
 
 def head(infra: Any) -> int:

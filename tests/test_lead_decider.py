@@ -45,7 +45,6 @@ from schema.events import (
     LeadMerged,
     LeadOwnerAssigned,
     LeadStageChanged,
-    LeadTagged,
 )
 from schema.vocabularies import LIFECYCLE_STAGES
 

@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 from hypothesis import given
 from hypothesis import strategies as st
 
-from ledger.lead import decide, fold, INITIAL
+from ledger.lead import INITIAL, decide, fold
 from ledger.quality import score_quality
 from schema.commands import CreateLead
 from schema.events import FIELD_NAMES, LeadFields

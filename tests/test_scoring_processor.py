@@ -37,7 +37,7 @@ from schema.metadata import Actor, EventMetadata
 from schema.positions import LogPosition
 from schema.scoring import ScoreBand, ScoringModelSpec, ScoringRule
 from tests.http_support import *
-from tests.http_support import Keys, auth, lead_body, make_app
+from tests.http_support import Keys, auth, lead_body, make_app, without_enrichment
 from tests.test_cli import cli_env, run_cli
 
 
@@ -45,9 +45,7 @@ from tests.test_cli import cli_env, run_cli
 def api_app(infra: Any, http_settings: Any) -> Any:
     """Without built-in enrichment: its events would rescore leads live, racing the rescore
     jobs these tests count (and adding causes the history assertions do not expect)."""
-    from api.reactors import REACTORS
-
-    return make_app(infra, http_settings, reactors=[r for r in REACTORS if r != "enrich"])
+    return make_app(infra, http_settings, reactors=without_enrichment())
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
