@@ -5,12 +5,19 @@ from __future__ import annotations
 
 import asyncio
 import collections
+from typing import Any
 
 import httpx
 import pytest
 
 from tests.http_support import *
-from tests.http_support import Keys, auth, lead_body
+from tests.http_support import Keys, auth, lead_body, make_app, without_enrichment
+
+
+@pytest.fixture
+def api_app(infra: Any, http_settings: Any) -> Any:
+    """Without built-in enrichment: If-Match races here must be between these writers only."""
+    return make_app(infra, http_settings, reactors=without_enrichment())
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
