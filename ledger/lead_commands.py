@@ -218,6 +218,10 @@ class LeadCommands:
     ) -> tuple[list[IdentityKey], list[IdentityKey]]:
         if self.hasher is None:
             return [], []
+        if before.fields is after.fields and before.status == after.status:
+            # Scores, activities, tags, tasks...: evolve kept the very same fields, so the keys
+            # are the same (and hashing them is a processor write's largest pure cost).
+            return [], []
         old = self._keys(before)
         new = self._keys(after)
         return [k for k in old if k not in new], [k for k in new if k not in old]
