@@ -9,13 +9,20 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
 import msgspec
 
 from api.http.problems import FieldError, ProblemError
 
 T = TypeVar("T")
+
+
+class _HasQuery(Protocol):
+    query: str
+
+
+Q = TypeVar("Q", bound=_HasQuery)
 
 
 def encode_cursor(payload: msgspec.Struct) -> str:
@@ -32,6 +39,16 @@ def decode_cursor(text: str, kind: type[T], *, field: str = "cursor") -> T:
             errors=[FieldError(field=f"query:{field}",
                                message="an opaque cursor from a previous page's next_cursor")],
         ) from None
+
+
+def decode_query_cursor(text: str, kind: type[Q], query: str) -> Q:
+    """A cursor (a Struct with a `query` hash) decoded and checked against the query it is
+    replayed with: a cursor from other filters is refused, never silently mis-paged."""
+    decoded = decode_cursor(text, kind)
+    if decoded.query != query:
+        raise ProblemError("bad-request", "the cursor belongs to another query", errors=[
+            FieldError(field="query:cursor", message="use it with the same filters")])
+    return decoded
 
 
 def query_hash(*parts: object) -> str:

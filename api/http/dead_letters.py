@@ -17,8 +17,8 @@ from litestar.params import Parameter
 from msgspec import Meta
 
 from api.http.access import require_admin
-from api.http.cursors import decode_cursor, encode_cursor, query_hash
-from api.http.problems import FieldError, ProblemError, problem_responses
+from api.http.cursors import decode_query_cursor, encode_cursor, query_hash
+from api.http.problems import ProblemError, problem_responses
 from api.http.services import Services
 from processors import dead_letters
 from processors.dead_letters import DeadLetter
@@ -80,10 +80,7 @@ class DeadLettersController(Controller):
         query = query_hash("dead-letters", reactor, status)
         after = None
         if cursor is not None:
-            decoded = decode_cursor(cursor, _Cursor)
-            if decoded.query != query:
-                raise ProblemError("bad-request", "the cursor belongs to another query", errors=[
-                    FieldError(field="query:cursor", message="use it with the same filters")])
+            decoded = decode_query_cursor(cursor, _Cursor, query)
             after = (decoded.parked_at, decoded.event_id)
         async with services.runtime.pool.connection() as conn:
             rows = await dead_letters.page(conn, workspace, reactor=reactor, status=status,

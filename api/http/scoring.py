@@ -14,7 +14,7 @@ activating need an admin key, like the workspace's other settings.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import msgspec
 from litestar import Controller, Request, Response, get, post
@@ -84,13 +84,18 @@ class ModelCreate(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fiel
     reason: Reason | None = None
 
     def spec(self) -> ScoringModelSpec:
-        return ScoringModelSpec(
-            rules=tuple(ScoringRule(name=r.name, expression=r.expression, points=r.points,
-                                    description=r.description) for r in self.rules),
-            bands=tuple(ScoreBand(name=b.name, min_score=b.min_score) for b in self.bands),
-            min_score=self.min_score, max_score=self.max_score,
-            mql_threshold=self.mql_threshold, description=self.description,
-        )
+        return spec_of(self, self.description)
+
+
+def spec_of(body: ModelCreate | Any, description: str = "") -> ScoringModelSpec:
+    """The model a request body describes (POST /v1/scoring/models, or a what-if candidate)."""
+    return ScoringModelSpec(
+        rules=tuple(ScoringRule(name=r.name, expression=r.expression, points=r.points,
+                                description=r.description) for r in body.rules),
+        bands=tuple(ScoreBand(name=b.name, min_score=b.min_score) for b in body.bands),
+        min_score=body.min_score, max_score=body.max_score,
+        mql_threshold=body.mql_threshold, description=description,
+    )
 
 
 class ModelView(msgspec.Struct, kw_only=True, frozen=True):

@@ -18,8 +18,8 @@ from litestar.params import Parameter
 from msgspec import Meta
 
 from api.http.context import write_metadata
-from api.http.cursors import decode_cursor, encode_cursor, query_hash
-from api.http.problems import FieldError, ProblemError, problem_responses
+from api.http.cursors import decode_query_cursor, encode_cursor, query_hash
+from api.http.problems import ProblemError, problem_responses
 from api.http.representations import SINGLE_LINE, Reason
 from api.http.services import Services
 from ledger.errors import InvalidValue
@@ -103,10 +103,7 @@ class TasksController(Controller):
         query = query_hash("tasks", assignee, status, overdue, lead)
         after = None
         if cursor is not None:
-            decoded = decode_cursor(cursor, _Cursor)
-            if decoded.query != query:
-                raise ProblemError("bad-request", "the cursor belongs to another query", errors=[
-                    FieldError(field="query:cursor", message="use it with the same filters")])
+            decoded = decode_query_cursor(cursor, _Cursor, query)
             after = (decoded.due_at, decoded.task_id)
         now = datetime.now(UTC)
         async with services.runtime.pool.connection() as conn:

@@ -21,7 +21,7 @@ from litestar.params import Parameter
 from litestar.status_codes import HTTP_201_CREATED, HTTP_202_ACCEPTED, HTTP_204_NO_CONTENT
 from msgspec import UNSET
 
-from api.http.cursors import decode_cursor, encode_cursor, query_hash
+from api.http.cursors import decode_cursor, decode_query_cursor, encode_cursor, query_hash
 from api.http.docs import IdempotencyKeyHeader
 from api.http.idempotency import Reply, derived_id, fingerprint, reply
 from api.http.idempotency import idempotency_key as idempotency_key_of
@@ -268,10 +268,7 @@ class WebhooksController(Controller):
         query = query_hash("webhook-deliveries", endpoint_id, status)
         before = None
         if cursor is not None:
-            decoded = decode_cursor(cursor, DeliveryCursor)
-            if decoded.query != query:
-                raise ProblemError("bad-request", "the cursor belongs to another query", errors=[
-                    FieldError(field="query:cursor", message="use it with the same filters")])
+            decoded = decode_query_cursor(cursor, DeliveryCursor, query)
             before = min(max(decoded.before_id, 0), MAX_BIGINT)
         async with services.runtime.pool.connection() as conn:
             rows = await webhook_deliveries.page(conn, workspace, endpoint_id,

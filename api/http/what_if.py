@@ -20,12 +20,12 @@ from msgspec import Meta
 
 from api.http.access import require_admin
 from api.http.problems import ProblemError, problem_responses
-from api.http.scoring import MODEL_ID_PATTERN, BandBody, Points, RuleBody, refused
+from api.http.scoring import MODEL_ID_PATTERN, BandBody, Points, RuleBody, refused, spec_of
 from api.http.services import Services
 from processors.rules import InvalidModel, compile_model
 from processors.what_if import ModelUnderTest, WhatIfReport, run_what_if
 from schema.attributes import AttributeDefinition
-from schema.scoring import MAX_RULES, ScoreBand, ScoringModelSpec, ScoringRule
+from schema.scoring import MAX_RULES, ScoringModelSpec
 
 
 class SavedModel(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -44,13 +44,7 @@ class CandidateModel(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_f
     mql_threshold: Points | None = None
 
     def spec(self) -> ScoringModelSpec:
-        return ScoringModelSpec(
-            rules=tuple(ScoringRule(name=r.name, expression=r.expression, points=r.points,
-                                    description=r.description) for r in self.rules),
-            bands=tuple(ScoreBand(name=b.name, min_score=b.min_score) for b in self.bands),
-            min_score=self.min_score, max_score=self.max_score,
-            mql_threshold=self.mql_threshold,
-        )
+        return spec_of(self)
 
 
 class WhatIfRequest(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
