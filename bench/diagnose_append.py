@@ -4,11 +4,11 @@
 
 1. Server side, no Python in the loop (pgbench, medians of interleaved repetitions): a raw
    INSERT of the ledger's row; the same INSERT plus pg_notify in one transaction;
-   `ledger_append()` called as EventStore.append calls it; and `ledger_append()` with its
-   `pg_notify` removed. That last one is a copy made in the benchmark's own database from
+   `ledger_append_one()` called as EventStore.append calls it for one event; and the same with
+   its `pg_notify` removed. That last one is a copy made in the benchmark's own database from
    pg_get_functiondef, an experiment only: the ledger's function and migrations are untouched.
    Then the same through Python: raw insert, EventStore.append, and EventStore.append against
-   a scratch database whose ledger_append lost its pg_notify.
+   a scratch database whose ledger_append_one lost its pg_notify.
 2. What the backends wait on while EventStore.append runs at the largest writer count,
    against raw inserts: pg_stat_activity and ungranted pg_locks, sampled every 5 ms.
 3. Client CPU per single-event append, piece by piece (timeit, no server).
@@ -68,7 +68,7 @@ from bench.measure import RetryBudget, Sample, measure_guarded, median
 from ledger.crypto import Keyring, generate_master_key, parse_master_key
 from ledger.mapper import event_aad, to_stored
 from ledger.migrations import migrate
-from ledger.store import _APPEND, NewEvent
+from ledger.store import _APPEND_ONE, NewEvent
 
 _NOTIFY = "PERFORM pg_notify('leadledger_events', '');"
 
@@ -79,40 +79,39 @@ def server_variants(url: str) -> list[PgbenchScript]:
         create_raw_table(conn, "diag_raw")
         create_raw_table(conn, "diag_raw_notify")
         definition = conn.execute(
-            "SELECT pg_get_functiondef('ledger_append'::regproc)").fetchone()[0]
+            "SELECT pg_get_functiondef('ledger_append_one'::regproc)").fetchone()[0]
         if _NOTIFY not in definition:
-            raise RuntimeError("ledger_append no longer calls pg_notify as this diagnosis expects")
-        conn.execute(definition.replace("FUNCTION public.ledger_append(",
+            raise RuntimeError("ledger_append_one no longer calls pg_notify as expected here")
+        conn.execute(definition.replace("FUNCTION public.ledger_append_one(",
                                         "FUNCTION public.diag_append_without_notify(")
                      .replace(_NOTIFY, ""))
     key = _bytea_literal(os.urandom(60))  # a wrapped data key is 60 bytes
 
     def call(function: str) -> str:
         return (f"SELECT * FROM {function}('{WORKSPACE}', 'lead_' || md5(random()::text),"
-                f" 'lead', 0, ARRAY[gen_random_uuid()], ARRAY['{single.types[0]}'],"
-                f" ARRAY[{single.schema_versions[0]}]::smallint[],"
-                f" ARRAY[{_bytea_literal(single.data[0])}],"
-                f" ARRAY[{_bytea_literal(single.personal[0])}], {META_SQL}, {key});\n")
+                f" 0, gen_random_uuid(), '{single.types[0]}',"
+                f" {single.schema_versions[0]}::smallint, {_bytea_literal(single.data[0])},"
+                f" {_bytea_literal(single.personal[0])}, {META_SQL}, {key});\n")
 
     return [
         PgbenchScript("raw insert", url, pgbench_insert_sql("diag_raw", single)),
         PgbenchScript("raw insert + pg_notify", url,
                       "BEGIN;\n" + pgbench_insert_sql("diag_raw_notify", single)
                       + "SELECT pg_notify('leadledger_events', '');\nCOMMIT;\n"),
-        PgbenchScript("ledger_append()", url, call("ledger_append")),
-        PgbenchScript("ledger_append() without pg_notify", url,
+        PgbenchScript("ledger_append_one()", url, call("ledger_append_one")),
+        PgbenchScript("ledger_append_one() without pg_notify", url,
                       call("diag_append_without_notify")),
     ]
 
 
 def python_variants(server: BenchServer, url: str) -> list[LedgerAppend | RawInsert]:
     """The same what-if through the whole Python path: EventStore.append as it is, and against
-    a database whose ledger_append lost its pg_notify (and nothing else)."""
+    a database whose ledger_append_one lost its pg_notify (and nothing else)."""
     without = server.create_database("bench_append_diagnosis_without_notify")
     asyncio.run(migrate(without))
     with psycopg.connect(without, autocommit=True) as conn:
         definition = conn.execute(
-            "SELECT pg_get_functiondef('ledger_append'::regproc)").fetchone()[0]
+            "SELECT pg_get_functiondef('ledger_append_one'::regproc)").fetchone()[0]
         conn.execute(definition.replace(_NOTIFY, ""))
     return [
         RawInsert("raw insert (python)", url, "diag_raw_python", row_template(1)),
@@ -166,17 +165,15 @@ def client_costs(url: str) -> dict[str, float]:
     key = keyring.new_key(WORKSPACE, lead_id)
     stored = to_stored(event, key, event_aad(WORKSPACE, lead_id, event_id))
     template = row_template(1)
-    params = (WORKSPACE, lead_id, "lead", 0, [event_id], [stored.event_type],
-              [stored.schema_version], [stored.data], [stored.personal],
-              '{"source":"api"}', key.wrapped)
+    params = (WORKSPACE, lead_id, 0, event_id, stored.event_type, stored.schema_version,
+              stored.data, stored.personal, '{"source":"api"}', key.wrapped, None, None, None,
+              None)
     raw_params = (event_id, WORKSPACE, lead_id, template.types[0], 1, template.data[0],
                   template.personal[0], '{"source":"api"}')
     raw_query = ("INSERT INTO t (event_id, workspace, stream_id, version, event_type,"
                  " schema_version, data, personal, metadata)"
                  " VALUES (%s, %s, %s, 1, %s, %s, %s, %s, %s::jsonb)")
-    binary_query = _APPEND
-    for array in ("uuid", "text", "smallint", "bytea"):
-        binary_query = binary_query.replace(f"%s::{array}[]", f"%b::{array}[]")
+    text_query = _APPEND_ONE.replace("%b", "%s")
 
     from psycopg._queries import PostgresQuery
 
@@ -191,10 +188,10 @@ def client_costs(url: str) -> dict[str, float]:
         "mapper.to_stored (encode + encrypt PII)":
             lambda: to_stored(event, key, event_aad(WORKSPACE, lead_id, event_id)),
         "metadata encode": lambda: __import__("msgspec").json.encode(META).decode(),
-        "psycopg params, ledger_append (5 text arrays, as store.py)":
-            lambda: convert(_APPEND, params),
-        "psycopg params, ledger_append (same arrays as binary, %b)":
-            lambda: convert(binary_query, params),
+        "psycopg params, ledger_append_one (binary, as store.py)":
+            lambda: convert(_APPEND_ONE, params),
+        "psycopg params, ledger_append_one (the same as text)":
+            lambda: convert(text_query, params),
         "psycopg params, raw insert (scalars)": lambda: convert(raw_query, raw_params),
     }
     out = {}

@@ -1,7 +1,8 @@
 """The event store: idempotent, optimistic appends and gap-safe reads of the global log.
 
-All SQL against `events`, `streams` and `subject_keys` lives here. Appends are one call of the
-`ledger_append` function (one round trip); the database refuses any UPDATE or DELETE of events.
+All SQL against `events` and `subject_keys` lives here. Appends are one call of the
+`ledger_append` function (one round trip; optimistic concurrency rests on the events' unique
+stream version, see migration 0030); the database refuses any UPDATE or DELETE of events.
 """
 
 from __future__ import annotations
@@ -44,7 +45,6 @@ class StreamAppend(msgspec.Struct, frozen=True):
     expected_version: int | None
     events: Sequence[NewEvent]
     key: DataKey | None = None
-    stream_type: str = "lead"
     identity: IdentityChange | None = None
 
 
@@ -85,17 +85,19 @@ class Stream(msgspec.Struct, frozen=True):
 
 _APPEND = """
 SELECT event_position, event_transaction_id, event_version
-FROM ledger_append(%s, %s, %s, %s, %s::uuid[], %s::text[], %s::smallint[], %s::bytea[],
+FROM ledger_append(%s, %s, %s, %s::uuid[], %s::text[], %s::smallint[], %s::bytea[],
                    %s::bytea[], %s::jsonb, %s::bytea)
 """
+# Binary parameters (%b): the ciphertext and the data go as bytes, not hex-escaped text.
 _APPEND_ONE = """
 SELECT event_position, event_transaction_id, event_version
-FROM ledger_append_one(%s, %s, %s, %s, %s::uuid, %s, %s::smallint, %s::bytea, %s::bytea,
-                       %s::jsonb, %s::bytea, %s::text[], %s::bytea[], %s::text[], %s::bytea[])
+FROM ledger_append_one(%b, %b, %b::integer, %b::uuid, %b, %b::smallint, %b::bytea, %b::bytea,
+                       %b::text::jsonb, %b::bytea, %b::text[], %b::bytea[], %b::text[],
+                       %b::bytea[])
 """
 _APPEND_WITH_IDENTITY = """
 SELECT event_position, event_transaction_id, event_version
-FROM ledger_append(%s, %s, %s, %s, %s::uuid[], %s::text[], %s::smallint[], %s::bytea[],
+FROM ledger_append(%s, %s, %s, %s::uuid[], %s::text[], %s::smallint[], %s::bytea[],
                    %s::bytea[], %s::jsonb, %s::bytea, %s::text[], %s::bytea[], %s::text[],
                    %s::bytea[])
 """
@@ -207,7 +209,6 @@ class EventStore:
         metadata: EventMetadata,
         *,
         key: DataKey | None = None,
-        stream_type: str = "lead",
         identity: IdentityChange | None = None,
         conn: psycopg.AsyncConnection | None = None,
     ) -> AppendResult:
@@ -215,7 +216,7 @@ class EventStore:
 
         `identity` moves identity keys with the append, atomically; a key another stream owns
         raises IdentityClaimed and appends nothing."""
-        spec = StreamAppend(stream_id, expected_version, events, key, stream_type, identity)
+        spec = StreamAppend(stream_id, expected_version, events, key, identity)
         if conn is not None:
             return await self._append(conn, workspace, spec, metadata)
         async with self.pool.connection() as own:
@@ -250,7 +251,7 @@ class EventStore:
             personal.append(stored.personal)
         new_key = key.wrapped if key is not None and key.is_new else None
         params: tuple = (
-            workspace, spec.stream_id, spec.stream_type, spec.expected_version,
+            workspace, spec.stream_id, spec.expected_version,
             ids, types, versions, data, personal, _encode(metadata).decode(), new_key,
         )
         moves = spec.identity is not None and (spec.identity.release or spec.identity.claim)
@@ -260,8 +261,8 @@ class EventStore:
         )
         if len(ids) == 1:
             query = _APPEND_ONE
-            params = (*params[:4], ids[0], types[0], versions[0], data[0], personal[0],
-                      *params[9:], *identity)
+            params = (*params[:3], ids[0], types[0], versions[0], data[0], personal[0],
+                      *params[8:], *identity)
         elif moves:
             query = _APPEND_WITH_IDENTITY
             params += identity

@@ -35,7 +35,7 @@ async def test_migrate_applies_every_file_once_and_records_it(empty_db):
         tables = {r[0] for r in conn.execute(
             "SELECT tablename FROM pg_tables WHERE schemaname = 'public'")}
     assert recorded == applied
-    assert {"events", "streams", "subject_keys", "checkpoints", "leads"} <= tables
+    assert {"events", "subject_keys", "checkpoints", "leads"} <= tables
 
 
 async def test_concurrent_starts_apply_each_migration_once(empty_db):

@@ -55,6 +55,46 @@ async def test_version_conflict_names_the_current_version(store):
     assert (await store.read_stream("ws", "L1")).version == 2
 
 
+async def test_an_expected_version_ahead_of_the_stream_is_a_conflict_never_a_gap(store):
+    await store.append("ws", "G", 0, [NewEvent(created("G"))], META)
+    for expected in (2, 5):
+        with pytest.raises(ConcurrencyError) as err:
+            await store.append("ws", "G", expected, [NewEvent(LeadTagged(tag="x"))], META)
+        assert err.value.current == 1
+    with pytest.raises(ConcurrencyError) as err:
+        await store.append("ws", "nowhere", 3, [NewEvent(LeadTagged(tag="x"))], META)
+    assert err.value.current == 0
+    assert [r.version for r in (await store.read_stream("ws", "G")).events] == [1]
+
+
+async def test_a_batch_that_partly_collides_writes_nothing(store):
+    """Expected 0 with 3 events on a stream of 1: versions 2 and 3 are free, version 1 is not."""
+    await store.append("ws", "P", 0, [NewEvent(created("P"))], META)
+    with pytest.raises(ConcurrencyError) as err:
+        await store.append("ws", "P", 0, [NewEvent(LeadTagged(tag=t)) for t in "abc"], META)
+    assert err.value.current == 1
+    assert [r.version for r in (await store.read_stream("ws", "P")).events] == [1]
+
+
+async def test_appends_at_any_version_concurrently_get_consecutive_versions(store):
+    await store.append("ws", "N", 0, [NewEvent(created("N"))], META)
+    results = await asyncio.gather(*(
+        store.append("ws", "N", None, [NewEvent(LeadTagged(tag=f"t{i}"))] * 1, META)
+        for i in range(12)
+    ))
+    assert sorted(r.version for r in results) == list(range(2, 14))
+    assert [r.version for r in (await store.read_stream("ws", "N")).events] == list(range(1, 14))
+
+
+async def test_a_repeated_batch_at_any_version_reports_the_first_result(store):
+    await store.append("ws", "R", 0, [NewEvent(created("R"))], META)
+    batch = [NewEvent(LeadTagged(tag="a")), NewEvent(LeadTagged(tag="b"))]
+    first = await store.append("ws", "R", None, batch, META)
+    again = await store.append("ws", "R", None, batch, META)
+    assert again == first and first.version == 3
+    assert (await store.read_stream("ws", "R")).version == 3
+
+
 async def test_same_event_id_appended_twice_reports_the_first_result(store):
     event = NewEvent(created("L1", email="a@b.co"))
     first = await store.append("ws", "L1", 0, [event], META)
@@ -232,7 +272,7 @@ async def test_events_of_an_older_schema_version_are_upcast_on_read(store, pool)
     await store.append("ws", "U", 0, [NewEvent(created("U"))], META)
     async with pool.connection() as conn:
         await conn.execute(
-            "SELECT * FROM ledger_append('ws', 'U', 'lead', 1, ARRAY[%s]::uuid[], "
+            "SELECT * FROM ledger_append('ws', 'U', 1, ARRAY[%s]::uuid[], "
             "ARRAY['LeadTagged'], ARRAY[0]::smallint[], ARRAY[%s]::bytea[], ARRAY[NULL]::bytea[],"
             " %s::jsonb, NULL)",
             (str(uuid.uuid4()), b'{"label":"legacy"}', '{"actor":{"key_id":"k","role":"admin"},'
