@@ -92,7 +92,7 @@ def up(data_dir: Path | None, host: str | None, port: int | None) -> None:
             click.echo(f"leadledger is serving {url} ({servers.description}); Ctrl-C stops it")
 
         try:
-            await serve(runtime, sock, on_ready=ready)
+            await serve(runtime, sock, on_ready=ready, master_key=servers.master_key)
         finally:
             await runtime.close()
 

@@ -4,7 +4,8 @@
 given, otherwise embedded servers under the data folder, started on demand and shared between
 processes (a CLI command run beside `leadledger up` joins the running PostgreSQL and NATS
 instead of starting second ones on the same files). `serve` runs the HTTP app (uvicorn, in
-process) and the workers in one event loop until SIGINT or SIGTERM, then stops them in order.
+process) and the workers (in processes of their own, or in the same event loop) until SIGINT or
+SIGTERM, then stops them in order.
 """
 
 from __future__ import annotations
@@ -247,13 +248,18 @@ def listen(host: str, port: int) -> socket.socket:
 
 
 async def serve(
-    runtime: Runtime, sock: socket.socket, *, on_ready: Callable[[str], None]
+    runtime: Runtime, sock: socket.socket, *, on_ready: Callable[[str], None],
+    master_key: str | None = None,
 ) -> None:
     """Serves HTTP on `sock` (from `listen`) and runs the workers until SIGINT/SIGTERM (or
-    until one of them fails), then stops HTTP, then the workers, each within its grace."""
+    until one of them fails), then stops HTTP, then the workers, each within its grace.
+
+    The workers run in LEADLEDGER_WORKER_PROCESSES processes of their own when `master_key` is
+    given (they need it to open the ledger), else in this one (api/worker_processes.py)."""
     import uvicorn
 
     from api.app import create_app
+    from api.worker_processes import run_worker_processes, worker_env
     from api.workers import run_workers
 
     class _Server(uvicorn.Server):
@@ -279,7 +285,15 @@ async def serve(
     for signum in _STOP_SIGNALS:
         loop.add_signal_handler(signum, on_signal, signum)
     http_task = asyncio.create_task(http.serve(sockets=[sock]), name="http")
-    workers_task = asyncio.create_task(run_workers(runtime, stop), name="workers")
+    settings = runtime.settings
+    if master_key is not None and settings.worker_processes > 0:
+        env = worker_env(runtime.database_url, runtime.nats_url, master_key, settings.stream,
+                         settings.subject_prefix)
+        workers = run_worker_processes(env, settings.worker_processes, stop,
+                                       WORKERS_GRACE_S - 3)
+    else:
+        workers = run_workers(runtime, stop)
+    workers_task = asyncio.create_task(workers, name="workers")
     stop_task = asyncio.create_task(stop.wait(), name="stop")
     try:
         while not http.started and not http_task.done():

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import msgspec
 
@@ -35,6 +35,10 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     """`off` is for benchmarks and trusted one-off loads only: this process claims no identity
     keys and looks for no likely duplicates, and leads it creates stay invisible to dedup later
     (their keys are never in the identity index)."""
+    worker_processes: Annotated[int, msgspec.Meta(ge=0, le=8)] = 1
+    """Processes `up` runs its workers in, beside the HTTP server's (0: in the HTTP server's own
+    process). Python runs one thread at a time per process: with the workers apart, HTTP and the
+    processing plane each get a core (api/worker_processes.py)."""
     reactor_partitions: int = 1
     """How many partitions each reactor's leads are split into (processors/reactor.py)."""
     reactor_concurrency: int = 16
@@ -61,6 +65,7 @@ _ENV = {
     "log_level": "LEADLEDGER_LOG_LEVEL",
     "pool_max_size": "LEADLEDGER_POOL_MAX_SIZE",
     "dedup": "LEADLEDGER_DEDUP",
+    "worker_processes": "LEADLEDGER_WORKER_PROCESSES",
     "reactor_partitions": "LEADLEDGER_REACTOR_PARTITIONS",
     "reactor_concurrency": "LEADLEDGER_REACTOR_CONCURRENCY",
     "dns_nameservers": "LEADLEDGER_DNS_NAMESERVERS",

@@ -1,5 +1,6 @@
 """Background workers: the outbox relay, the projection runners and the processors.
 
+    python -m api.workers all [--group 0/2]       (every worker below, or every 2nd from the 1st)
     python -m api.workers relay
     python -m api.workers project lead
     python -m api.workers project duplicates
@@ -79,7 +80,7 @@ BATCH_SIZES = {"scoring": 100}
 horizon of every reader until it commits: its batches stay small (the default is 500)."""
 
 _USAGE = (
-    "usage: python -m api.workers relay | rescore | send-webhooks"
+    "usage: python -m api.workers all [--group I/N] | relay | rescore | send-webhooks"
     " | project <" + "|".join(PROJECTIONS) + ">"
     " | react <" + "|".join(REACTORS) + "> [--partitions 0,1,...]"
 )
@@ -122,27 +123,42 @@ def _max_age_s(settings: Settings) -> float:
 
 
 async def run_workers(
-    runtime: Runtime, stop: asyncio.Event, *, reactors: Collection[str] | None = None
+    runtime: Runtime, stop: asyncio.Event, *, reactors: Collection[str] | None = None,
+    group: tuple[int, int] = (0, 1),
 ) -> None:
     """The relay, every projection, the reactors (`reactors`: by name; None, all of them) and
-    the background loops, concurrently, until `stop`."""
-    async with asyncio.TaskGroup() as group:
-        group.create_task(_supervise("relay", lambda: make_relay(runtime).run(stop), stop))
-        group.create_task(
-            _supervise("rescore", lambda: make_rescorer(runtime).resume(stop), stop)
-        )
-        group.create_task(
-            _supervise("webhook sender", lambda: make_webhook_sender(runtime).run(stop), stop)
-        )
-        group.create_task(_supervise("overdue", lambda: make_sweeper(runtime).run(stop), stop))
-        for name in PROJECTIONS:
-            run = functools.partial(_run_projection, runtime, name, stop)
-            group.create_task(_supervise(f"project {name}", run, stop))
-        for name in REACTORS if reactors is None else reactors:
-            for runner in make_reactor_runners(runtime, name):
-                group.create_task(_supervise(
-                    f"react {runner.projection.name}", functools.partial(runner.run, stop), stop
-                ))
+    the background loops, concurrently, until `stop`. `group` (index, count) runs every
+    count-th of them from index on: `up` spreads them over its worker processes that way."""
+    index, count = group
+    chosen = worker_list(runtime, stop, reactors)[index::count]
+    async with asyncio.TaskGroup() as tasks:
+        for label, run in chosen:
+            tasks.create_task(_supervise(label, run, stop))
+
+
+Worker = tuple[str, Callable[[], Coroutine[Any, Any, None]]]
+
+
+def worker_list(
+    runtime: Runtime, stop: asyncio.Event, reactors: Collection[str] | None = None
+) -> list[Worker]:
+    """Every worker `up` runs, by label, in a fixed order. The busiest (the relay, the lead
+    projection, the scoring processor, each reactor) are spread so that every-count-th picks
+    share them out."""
+    workers: list[Worker] = [("relay", lambda: make_relay(runtime).run(stop))]
+    for name in PROJECTIONS:
+        workers.append((f"project {name}",
+                        functools.partial(_run_projection, runtime, name, stop)))
+    for name in REACTORS if reactors is None else reactors:
+        for runner in make_reactor_runners(runtime, name):
+            workers.append((f"react {runner.projection.name}",
+                            functools.partial(runner.run, stop)))
+    workers += [
+        ("webhook sender", lambda: make_webhook_sender(runtime).run(stop)),
+        ("rescore", lambda: make_rescorer(runtime).resume(stop)),
+        ("overdue", lambda: make_sweeper(runtime).run(stop)),
+    ]
+    return workers
 
 
 async def _run_projection(runtime: Runtime, name: str, stop: asyncio.Event) -> None:
@@ -176,7 +192,9 @@ async def run_one(argv: list[str], settings: Settings) -> None:
         settings, settings.database_url, settings.nats_url, settings.master_key
     )
     try:
-        if argv == ["relay"]:
+        if argv[0] == "all":
+            await run_workers(runtime, stop, group=_group(argv[1:]))
+        elif argv == ["relay"]:
             await make_relay(runtime).run(stop)
         elif argv == ["rescore"]:
             await make_rescorer(runtime).resume(stop)
@@ -192,6 +210,16 @@ async def run_one(argv: list[str], settings: Settings) -> None:
     log.info("worker stopped", worker=" ".join(argv))
 
 
+def _group(args: list[str]) -> tuple[int, int]:
+    """`--group 1/2` → (1, 2); none given → every worker."""
+    if not args:
+        return 0, 1
+    index, count = (int(x) for x in args[1].split("/"))
+    if not 0 <= index < count:
+        raise ValueError(f"--group {args[1]}: expected INDEX/COUNT with 0 <= INDEX < COUNT")
+    return index, count
+
+
 def _partitions(args: list[str]) -> list[int] | None:
     """`--partitions 0,2` → [0, 2]; none given → every partition."""
     if not args:
@@ -200,8 +228,11 @@ def _partitions(args: list[str]) -> list[int] | None:
 
 
 def _valid(argv: list[str]) -> bool:
-    if argv in (["relay"], ["rescore"], ["send-webhooks"]):
+    if argv in (["all"], ["relay"], ["rescore"], ["send-webhooks"]):
         return True
+    if len(argv) == 3 and argv[0] == "all" and argv[1] == "--group":
+        index, _, count = argv[2].partition("/")
+        return index.isdigit() and count.isdigit() and int(index) < int(count)
     if len(argv) == 2 and argv[0] == "project":
         return argv[1] in PROJECTIONS
     if len(argv) in (2, 4) and argv[0] == "react" and argv[1] in REACTORS:

@@ -136,6 +136,12 @@ def target_for(
                   reason="no rule or territory matched: fallback queue")
 
 
+def needs_loads(team: Team) -> bool:
+    """Whether choosing a member of `team` looks at open follow-ups: a least-loaded team, or
+    one with a capacity. A plain round-robin does not, and is spared counting them."""
+    return team.strategy == LEAST_LOADED or any(m.capacity is not None for m in team.members)
+
+
 def has_room(team: Team, index: int, loads: Mapping[str, int]) -> bool:
     member = team.members[index]
     return member.capacity is None or loads.get(member.owner, 0) < member.capacity

@@ -17,7 +17,7 @@ import psycopg
 from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
-from processors.assignment import settle
+from processors.assignment import needs_loads, settle
 from schema.routing import (
     TEAM,
     Decision,
@@ -52,7 +52,10 @@ ON CONFLICT (workspace) DO UPDATE SET updated_at = now(), updated_by = EXCLUDED.
 # Open follow-ups per owner: the tasks read model, plus recent decisions it has not caught up
 # with yet (no row of that task changed at or after the decision), so a burst of leads for one
 # team sees each assignment at once, not when the projection applies it. UNION: a task counts
-# once per owner.
+# once per owner. "Recent" is 15 minutes, far beyond the projection's usual lag of well under a
+# second: the window bounds what each decision scans (a day of decisions made every routing
+# quadratic: 18 ms of server time per lead after 400 leads, bench/RESULTS.md pipeline), and
+# only a tasks projection stopped for longer would count an owner's newest tasks short.
 _LOADS = """
 SELECT owner, count(*) FROM (
     SELECT assignee AS owner, task_id FROM tasks
@@ -60,7 +63,7 @@ SELECT owner, count(*) FROM (
     UNION
     SELECT d.owner, d.task_id FROM routing_decisions d
     WHERE d.workspace = %(ws)s AND d.owner = ANY(%(owners)s) AND d.task_id IS NOT NULL
-      AND d.decided_at > now() - interval '1 day'
+      AND d.decided_at > now() - interval '15 minutes'
       AND NOT EXISTS (SELECT 1 FROM tasks t WHERE t.workspace = d.workspace
                       AND t.task_id = d.task_id AND t.changed_at >= d.decided_at)
 ) open_work
@@ -199,7 +202,8 @@ class RoutingStore:
                 await conn.execute(_ENSURE_CURSOR, (workspace, team.id))
                 cur = await conn.execute(_LOCK_CURSOR, (workspace, team.id))
                 cursor = (await cur.fetchone() or (0,))[0]
-                loads = await open_loads(conn, workspace, [m.owner for m in team.members])
+                if needs_loads(team):
+                    loads = await open_loads(conn, workspace, [m.owner for m in team.members])
             decision, after = settle(target, book, loads, cursor, exclude)
             cur = await conn.execute(_INSERT_DECISION, (
                 workspace, source_id, lead_id, decision.owner, decision.team, decision.queue,

@@ -17,6 +17,7 @@ from processors.assignment import (
     compile_rules,
     due_at,
     due_minutes,
+    needs_loads,
     pick_member,
     region_of,
     settle,
@@ -188,6 +189,24 @@ def test_capacity_is_never_exceeded_while_anyone_has_room(team_and_loads, cursor
         assert member in room
         loads[member.owner] += 1
         assert member.capacity is None or loads[member.owner] <= member.capacity
+
+
+@settings(max_examples=300, deadline=None)
+@given(teams(), st.integers(0, 20))
+def test_a_team_that_needs_no_loads_chooses_the_same_without_them(team_and_loads, cursor):
+    """Routing skips counting open follow-ups when `needs_loads` says so: that must never
+    change whom a team chooses."""
+    team, loads = team_and_loads
+    if needs_loads(team):
+        return
+    assert pick_member(team, loads, cursor) == pick_member(team, {}, cursor)
+
+
+def test_only_least_loaded_teams_and_capacities_need_loads():
+    plain = Team(id="t", name="T", members=(TeamMember(owner="a"), TeamMember(owner="b")))
+    assert not needs_loads(plain)
+    assert needs_loads(Team(id="t", name="T", strategy=LEAST_LOADED, members=plain.members))
+    assert needs_loads(Team(id="t", name="T", members=(TeamMember(owner="a", capacity=3),)))
 
 
 @settings(max_examples=200, deadline=None)

@@ -250,3 +250,55 @@ def test_up_on_external_servers_starts_nothing_embedded(infra, data_dir: Path) -
     assert code == 0, up.stderr()
     assert "Traceback" not in up.stderr()
     assert not data_dir.exists()
+
+
+def _worker_processes(parent: int) -> list[int]:
+    """`python -m api.workers all` processes whose parent is `parent` (or, once it died, none
+    should be left: the caller asks by the pids it saw)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+            cmdline = (stat.parent / "cmdline").read_bytes().split(b"\0")
+        except (OSError, IndexError, ValueError):
+            continue
+        if ppid == parent and b"api.workers" in cmdline and b"all" in cmdline:
+            found.append(int(stat.parent.name))
+    return found
+
+
+def test_up_runs_its_workers_apart_and_they_end_with_it(infra, data_dir: Path) -> None:
+    """LEADLEDGER_WORKER_PROCESSES=2: two worker processes share the workers (the pipeline
+    runs end to end through them); SIGTERM stops them with `up`, and a kill -9 of `up` takes
+    them down too (no orphan keeps consuming)."""
+    env = {**cli_env(infra), "LEADLEDGER_WORKER_PROCESSES": "2"}
+    up = Up(data_dir, env)
+    try:
+        deadline = time.monotonic() + 30
+        while len(children := _worker_processes(up.process.pid)) < 2:
+            assert time.monotonic() < deadline, f"no worker processes: {up.stderr()}"
+            time.sleep(0.2)
+        issued = run_cli("keys", "create", "--workspace", "apart", "--role", "admin",
+                         "--name", "apart", env=env)
+        assert issued.returncode == 0, issued.stderr
+        auth = {"authorization": f"Bearer {issued.stdout.strip()}"}
+        posted = httpx.post(f"{up.url}/v1/leads", headers=auth, timeout=30,
+                            json={"email": "barbara@example.com"})
+        assert posted.status_code == 201, posted.text
+        read = _get_lead(up.url, auth, posted.json()["id"], posted.headers["x-consistency-token"])
+        assert read["email"] == "barbara@example.com"
+    finally:
+        code = up.stop(signal.SIGTERM)
+    assert code == 0, up.stderr()
+    assert "Traceback" not in up.stderr()
+    assert _wait_gone(children), "worker processes outlived up"
+
+    again = Up(data_dir, env)
+    deadline = time.monotonic() + 30
+    while len(children := _worker_processes(again.process.pid)) < 2:
+        assert time.monotonic() < deadline, f"no worker processes: {again.stderr()}"
+        time.sleep(0.2)
+    os.kill(again.process.pid, signal.SIGKILL)
+    again.process.wait()
+    again.stop(signal.SIGKILL)  # closes its log; the process is gone already
+    assert _wait_gone(children), "worker processes outlived a kill -9 of up"
