@@ -73,6 +73,10 @@ def reader_name(reactor: str, partition: int = 0, partitions: int = 1) -> str:
     return f"reactor-{reactor}{suffix}"
 
 
+DEFER_CHECKPOINT_EVENTS = 1_000
+"""Events a reactor may pass over (none of them its work) before it writes its checkpoint."""
+
+
 class _Checkpointed:
     """What the runner needs of a 'projection': a name and tables (none: nothing to rebuild)."""
 
@@ -109,6 +113,9 @@ class ReactorRunner(ProjectionRunner):
         self.retries = retries or Retries()
         self.pool = pool
         self.parked = 0
+        self._saved: LogPosition | None = None
+        """The checkpoint as stored, while a later one is deferred (None: none is)."""
+        self._deferred = 0
         super().__init__(
             _Checkpointed(reader_name(reactor.name, partition, partitions)),  # type: ignore[arg-type]
             store, pool, nats_url, stream, subject_prefix, max_age_s=max_age_s,
@@ -120,8 +127,20 @@ class ReactorRunner(ProjectionRunner):
         fresh = [e for e in events if e.log_position > self.cursor]
         if not fresh:
             return self.cursor
-        await self._react_all([e for e in fresh if self._mine(e)])
+        mine = [e for e in fresh if self._mine(e)]
+        if not mine and self._deferred + len(fresh) < DEFER_CHECKPOINT_EVENTS:
+            # Nothing to do: the checkpoint can wait (for the next batch with work, for the
+            # runner's next idle moment, or for this many events). A restart re-reads at most
+            # that many events, each of them nothing to do again.
+            self._saved = self.cursor if self._saved is None else self._saved
+            self._deferred += len(fresh)
+            return fresh[-1].log_position
+        await self._react_all(mine)
         return await self._advance(fresh[-1].log_position)
+
+    async def idle(self) -> None:
+        if self._saved is not None:
+            await self._advance(self.cursor)
 
     def _mine(self, recorded: RecordedEvent) -> bool:
         return owns(recorded.stream_id, self.partition, self.partitions) and (
@@ -186,11 +205,13 @@ class ReactorRunner(ProjectionRunner):
     async def _advance(self, to: LogPosition) -> LogPosition:
         conn: psycopg.AsyncConnection = self.lease.conn
         name = self.projection.name
+        expected = self.cursor if self._saved is None else self._saved
+        self._saved, self._deferred = None, 0
         async with conn.transaction():
             await conn.execute("SELECT pg_advisory_xact_lock(%s)", (apply_lock_id(name),))
             stored = await read_checkpoint(conn, name, for_update=True)
-            if stored < self.cursor:
-                raise CheckpointMoved(f"{name} is at {stored.token()}, not {self.cursor.token()}")
+            if stored < expected:
+                raise CheckpointMoved(f"{name} is at {stored.token()}, not {expected.token()}")
             await advance_checkpoint(conn, name, to)
         return to
 

@@ -135,6 +135,9 @@ class ProjectionRunner:
         Reactors (processors/reactor.py) override it to act outside the transaction."""
         return await apply_batch(self.lease.conn, self.projection, events, self.cursor)
 
+    async def idle(self) -> None:
+        """Called when a fetch found nothing: a subclass may write down what it deferred."""
+
     async def run(self, stop: asyncio.Event) -> None:
         """Runs until `stop` is set: stands by for the lease, then projects while it holds it."""
         await self.lease.serve(stop, lambda: self._hold(stop))
@@ -212,6 +215,7 @@ class ProjectionRunner:
                 # Quiet: a lost last message has no successor to reveal it, so look.
                 if time.monotonic() - self._last_ledger_check > self.idle_check_s:
                     await self.catch_up(stop)
+                await self.idle()
                 continue
             await self.handle_messages(msgs, stop)
             await msgs[-1].ack()  # AckPolicy.ALL: acknowledges the whole batch

@@ -143,3 +143,30 @@ async def test_a_restart_resumes_from_the_checkpoint_without_losing_events(infra
         await eventually(lambda: reached(pool, store, reader_name("recorder")), 30, "second run")
     assert sorted(reactor.seen) == [f"L{n:03d}" for n in range(5)]
     assert sorted(later.seen) == ["L005", "L006", "L007"]  # the rest was checkpointed before
+
+
+async def test_events_it_has_nothing_to_do_with_defer_the_checkpoint_until_idle(
+    infra, store, pool
+):
+    """A reactor writes no checkpoint for batches with nothing for it (each would be a
+    transaction of its own), and writes it down once the stream goes quiet; a restart from the
+    older checkpoint acts on nothing twice."""
+    from schema.events import LeadNoteAdded
+
+    reactor = Recorder()
+    runner = make_reactor_runner(infra, store, pool, reactor)
+    async with running(make_relay(infra, store, pool), runner):
+        await write(store, 2, tags=0)
+        await eventually(lambda: reached(pool, store, reader_name("recorder")), 30, "creates")
+        for n in range(30):  # not wanted by the recorder: no work, so no checkpoint per batch
+            await store.append("ws-a", "L000", None,
+                               [NewEvent(LeadNoteAdded(note_id=f"n{n}", text="hi"))], META)
+        # Quiet again: the deferred checkpoint is written within the runner's idle fetch.
+        await eventually(lambda: reached(pool, store, reader_name("recorder")), 30, "notes")
+    assert reactor.seen == {"L000": [1], "L001": [1]}
+    later = Recorder()
+    async with running(make_relay(infra, store, pool),
+                       make_reactor_runner(infra, store, pool, later)):
+        await store.append("ws-a", "L001", None, [NewEvent(LeadTagged(tag="new"))], META)
+        await eventually(lambda: reached(pool, store, reader_name("recorder")), 30, "restart")
+    assert later.seen == {"L001": [2]}
