@@ -385,6 +385,8 @@ def main() -> None:
     parser.add_argument("--rates", default="10,100",
                         help="creates per second, one run each (comma separated)")
     parser.add_argument("--duration", type=float, default=30.0, help="seconds of load")
+    parser.add_argument("--warmup", type=float, default=5.0,
+                        help="seconds of load at the same rate before, not timed")
     parser.add_argument("--sample", type=int, default=0,
                         help="also poll every Nth lead's read model (0: none)")
     parser.add_argument("--from-json", action="store_true")
@@ -400,7 +402,7 @@ def main() -> None:
     runs = []
     with BenchServer() as pg:
         for rate in (float(r) for r in args.rates.split(",")):
-            runs.append(one_rate(pg, nats_url, rate, args.duration, args.sample))
+            runs.append(one_rate(pg, nats_url, rate, args.duration, args.sample, args.warmup))
             print(runs[-1].rate, runs[-1].achieved, {k: len(v) for k, v in runs[-1].series.items()},
                   flush=True)
         machine = describe_machine(pg, packages=("litestar", "nats-py", "psycopg"))
@@ -410,8 +412,8 @@ def main() -> None:
     print(markdown(results))
 
 
-def one_rate(pg: BenchServer, nats_url: str, rate: float, duration: float, sample: int
-             ) -> RateRun:
+def one_rate(pg: BenchServer, nats_url: str, rate: float, duration: float, sample: int,
+             warmup: float) -> RateRun:
     """A fresh database and service for each load level."""
     with Receiver() as receiver:
         database_url = pg.create_database(f"bench_pipeline_{int(rate)}")
@@ -419,7 +421,8 @@ def one_rate(pg: BenchServer, nats_url: str, rate: float, duration: float, sampl
         try:
             service.wait_ready()
             token = asyncio.run(admin_token(database_url))
-            load = asyncio.run(_run(service, token, receiver, pg, rate, duration, sample))
+            load = asyncio.run(_run(service, token, receiver, pg, rate, duration, sample,
+                                    warmup))
         finally:
             service.stop()
     lines = load.lines
@@ -452,7 +455,7 @@ class Load(msgspec.Struct):
 
 
 async def _run(service: Service, token: str, receiver: Receiver, pg: BenchServer, rate: float,
-               duration: float, sample: int) -> Load:
+               duration: float, sample: int, warmup: float) -> Load:
     limits = httpx.Limits(max_connections=256, max_keepalive_connections=256)
     postgres = pg.own_pids()[1:]
     async with httpx.AsyncClient(base_url=service.url, limits=limits, timeout=30,
@@ -460,15 +463,20 @@ async def _run(service: Service, token: str, receiver: Receiver, pg: BenchServer
             Observer(service.env["LEADLEDGER_NATS_URL"],
                      service.env["LEADLEDGER_SUBJECT_PREFIX"]) as observer:
         await configure(client, receiver.url)
+        if warmup:  # a cold service (new connections, consumers, compiled rules) is not timed
+            await drive(client, rate, warmup, 0)
+            await asyncio.sleep(2.0)
         cpu0 = _tree_jiffies([service.process.pid]), _tree_jiffies(postgres)
         began = time.monotonic()
         lines, watchers, errors = await drive(client, rate, duration, sample)
         seconds = time.monotonic() - began
         await asyncio.gather(*watchers)
-        expected = len(lines) * (len(OBSERVED) + 1)
+        wanted = [(subject_token(lead), name) for lead in lines for name in OBSERVED.values()]
         deadline = time.monotonic() + GIVE_UP_S
-        while (len(observer.arrived) + len(receiver.arrived) < expected
-               and time.monotonic() < deadline):
+        while time.monotonic() < deadline and not (
+            all(key in observer.arrived for key in wanted)
+            and all(lead in receiver.arrived for lead in lines)
+        ):
             await asyncio.sleep(0.1)
         cpu1 = _tree_jiffies([service.process.pid]), _tree_jiffies(postgres)
     return Load(lines, dict(observer.arrived), errors, seconds,
@@ -515,7 +523,8 @@ def build_results(args: argparse.Namespace, runs: list[RateRun], machine,  # typ
     return Results(
         benchmark="pipeline", date=now_iso(),
         command="python -m bench.bench_pipeline " + " ".join(sys.argv[1:]),
-        settings={"rates": args.rates, "duration_s": args.duration, "sample_every": args.sample,
+        settings={"rates": args.rates, "duration_s": args.duration, "warmup_s": args.warmup,
+                  "sample_every": args.sample,
                   "poll_ms": POLL_S * 1000, "service": _service_shape()},
         machine=machine, figures=figures, comparisons=comparisons,
         load_average={"start": started, "end": load_average()},
@@ -555,7 +564,8 @@ def markdown(results: Results) -> str:
         (f"- **Load average** (1/5/15 min) at start {results.load_average['start']}, at end "
          f"{results.load_average['end']}."),
         f"- **Reproduce:** `{results.command}`",
-        (f"- **Method:** creates open-loop at each rate for {s['duration_s']} s against "
+        (f"- **Method:** creates open-loop at each rate for {s['duration_s']} s (after "
+         f"{s.get('warmup_s', 0):g} s at the same rate, not timed) against "
          f"`{s.get('service', 'leadledger up')}` (HTTP, relay, projections, the scoring "
          "processor, the enrich, route and webhooks reactors, the webhook sender) on the "
          "system NATS and the benchmark's PostgreSQL, a fresh database per rate; the workspace "
