@@ -17,6 +17,7 @@ creates then commit or roll back together, as an atomic batch does.
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Callable, Sequence
 
 import msgspec
@@ -105,16 +106,22 @@ class LeadCommands:
         *,
         expected_version: int | None = None,
         event_ids: Sequence[str] | None = None,
+        command_ids: Sequence[str] | None = None,
         on_duplicate: str = RAISE,
         conn: psycopg.AsyncConnection | None = None,
     ) -> CommandResult:
         """The commands `plan` makes of the lead's current state, decided in turn and appended
-        as one write at one version: all of them or none (a PATCH of several fields at once)."""
+        as one write at one version: all of them or none (a PATCH of several fields at once).
+
+        `command_ids` (instead of `event_ids`, which number the events in order): the id of
+        the event each command decides, so that a command deciding nothing shifts no other
+        command's id (a further event of one command gets an id derived from its own)."""
         async for attempt in self._retrying(expected_version):
             with attempt:
                 return await self._once(
                     workspace, lead_id, plan, metadata, expected_version, event_ids,
                     on_duplicate, assume_new=attempt.retry_state.attempt_number == 1, conn=conn,
+                    command_ids=command_ids,
                 )
         raise AssertionError("unreachable")
 
@@ -148,6 +155,7 @@ class LeadCommands:
         *,
         assume_new: bool,
         conn: psycopg.AsyncConnection | None = None,
+        command_ids: Sequence[str] | None = None,
     ) -> CommandResult:
         stream = await self._read(workspace, lead_id, plan, expected_version, assume_new, conn)
         state = fold([r.event for r in stream.events], INITIAL)
@@ -156,11 +164,16 @@ class LeadCommands:
                 raise LeadNotFound("lead not found")
             raise ConcurrencyError(lead_id, expected_version, state.version)
         events: list[Event] = []
+        aligned: list[str] = []
         after = state
-        for command in plan(state):
+        for i, command in enumerate(plan(state)):
             decided = decide(after, command)
+            if command_ids is not None:
+                aligned += _ids_for(command_ids[i], len(decided))
             events.extend(decided)
             after = fold(decided, after)
+        if command_ids is not None:
+            event_ids = aligned
         if not events:
             return CommandResult(lead_id, state, [], None)
         release, claim = self._identity_change(state, after)
@@ -286,3 +299,12 @@ class LeadCommands:
 
 
 __all__ = ["FLAG", "RAISE", "CommandResult", "LeadCommands", "StreamAppend"]
+
+
+_FURTHER_IDS = uuid.UUID("5b0c3f1e-9d47-4a8e-b1f2-7c6d2e8a4f90")
+
+
+def _ids_for(first: str, count: int) -> list[str]:
+    """Ids of the `count` events one command decided: its own id, then ids derived from it."""
+    return [first, *(str(uuid.uuid5(_FURTHER_IDS, f"{first}/{n}")) for n in range(1, count))][
+        :count]

@@ -9,7 +9,9 @@ leads are skipped. The built-in providers always run (email domain, phone, firmo
 workspace's HTTP providers when it has configured some; they run concurrently.
 
 Each provider's finding becomes `RecordEnrichment` with an event id derived from (source event
-id, provider): a re-run after a crash or a retry appends nothing twice, and a provider whose
+id, provider), and all of one reaction's findings are appended in one write (one read of the
+lead, one version: bench_pipeline's leads took three writes, each racing the scoring and routing
+processors' own): a re-run after a crash or a retry appends nothing twice, and a provider whose
 result is already in the stream is not asked again. Fills of vocabulary-controlled fields
 (country, industry, ...) land only as the workspace's codes; a value no code matches stays an
 enrichment value. Whether a fill may replace what a person entered is the workspace's
@@ -160,16 +162,16 @@ class EnrichmentReactor:
         overwrite = await self.configs.overwrite(workspace)
         vocabularies = (await self.quality.load(workspace)).vocabularies
         failures: list[BaseException] = []
+        found: list[tuple[str, RecordEnrichment]] = []
         for provider, result in zip(pending, results, strict=True):
             if isinstance(result, BaseException):
                 failures.append(result)
-                continue
-            if result.empty:
-                continue
-            command = enrichment_command(provider.name, result, overwrite=overwrite,
-                                         trigger=trigger, vocabularies=vocabularies)
-            if not await self._record(recorded, provider.name, command):
-                return  # the lead went away meanwhile
+            elif not result.empty:
+                found.append((provider.name, enrichment_command(
+                    provider.name, result, overwrite=overwrite, trigger=trigger,
+                    vocabularies=vocabularies)))
+        if found and not await self._record(recorded, found, trigger):
+            return  # the lead went away meanwhile
         unexpected = [f for f in failures if not isinstance(f, ProviderFailed)]
         if unexpected:
             raise unexpected[0]
@@ -186,18 +188,23 @@ class EnrichmentReactor:
         return providers
 
     async def _record(
-        self, cause: RecordedEvent, provider: str, command: RecordEnrichment
+        self, cause: RecordedEvent, found: list[tuple[str, RecordEnrichment]], trigger: str
     ) -> bool:
+        """Every provider's findings in one write (one read of the lead, one append, one
+        version), each still its own LeadEnriched with its own id, so that a provider that
+        failed is retried later without the others being recorded twice."""
         meta = cause.metadata
+        providers = ", ".join(name for name, _ in found)
         metadata = EventMetadata(
             actor=ACTOR, source=SOURCE, causation_id=cause.event_id,
             correlation_id=meta.correlation_id or meta.request_id,
-            reason=f"enrichment by {provider} ({command.trigger})",
+            reason=f"enrichment by {providers} ({trigger})",
         )
+        commands = [command for _, command in found]
         try:
-            outcome = await self.commands.execute(
-                cause.workspace, cause.stream_id, command, metadata,
-                event_ids=[enrichment_event_id(cause.event_id, provider)],
+            outcome = await self.commands.execute_plan(
+                cause.workspace, cause.stream_id, lambda _state: commands, metadata,
+                command_ids=[enrichment_event_id(cause.event_id, name) for name, _ in found],
             )
         except (LeadGone, LeadNotFound):
             return False
