@@ -98,6 +98,19 @@ def _get_lead(url: str, auth: dict[str, str], lead_id: str, token: str | None) -
     return response.json()
 
 
+def _create_and_read_back(url: str, env: dict[str, str], workspace: str, email: str) -> None:
+    """A key from the CLI, a lead over HTTP, read back once the read model has it: the whole
+    pipeline (ledger, relay, NATS, projection) ran."""
+    issued = run_cli("keys", "create", "--workspace", workspace, "--role", "admin",
+                     "--name", "end to end", env=env)
+    assert issued.returncode == 0, issued.stderr
+    auth = {"authorization": f"Bearer {issued.stdout.strip()}"}
+    posted = httpx.post(f"{url}/v1/leads", headers=auth, timeout=30, json={"email": email})
+    assert posted.status_code == 201, posted.text
+    read = _get_lead(url, auth, posted.json()["id"], posted.headers["x-consistency-token"])
+    assert read["email"] == email
+
+
 def _postgres_running(data_dir: Path) -> bool:
     return (data_dir / "postgres" / "postmaster.pid").exists()
 
@@ -236,15 +249,7 @@ def test_up_on_external_servers_starts_nothing_embedded(infra, data_dir: Path) -
     env = cli_env(infra)
     up = Up(data_dir, env)
     try:
-        issued = run_cli("keys", "create", "--workspace", "acme", "--role", "admin",
-                         "--name", "external", env=env)
-        assert issued.returncode == 0, issued.stderr
-        auth = {"authorization": f"Bearer {issued.stdout.strip()}"}
-        posted = httpx.post(f"{up.url}/v1/leads", headers=auth, timeout=30,
-                            json={"email": "linus@example.com"})
-        assert posted.status_code == 201, posted.text
-        read = _get_lead(up.url, auth, posted.json()["id"], posted.headers["x-consistency-token"])
-        assert read["email"] == "linus@example.com"
+        _create_and_read_back(up.url, env, "acme", "linus@example.com")
     finally:
         code = up.stop(signal.SIGTERM)
     assert code == 0, up.stderr()
@@ -278,15 +283,7 @@ def test_up_runs_its_workers_apart_and_they_end_with_it(infra, data_dir: Path) -
         while len(children := _worker_processes(up.process.pid)) < 2:
             assert time.monotonic() < deadline, f"no worker processes: {up.stderr()}"
             time.sleep(0.2)
-        issued = run_cli("keys", "create", "--workspace", "apart", "--role", "admin",
-                         "--name", "apart", env=env)
-        assert issued.returncode == 0, issued.stderr
-        auth = {"authorization": f"Bearer {issued.stdout.strip()}"}
-        posted = httpx.post(f"{up.url}/v1/leads", headers=auth, timeout=30,
-                            json={"email": "barbara@example.com"})
-        assert posted.status_code == 201, posted.text
-        read = _get_lead(up.url, auth, posted.json()["id"], posted.headers["x-consistency-token"])
-        assert read["email"] == "barbara@example.com"
+        _create_and_read_back(up.url, env, "apart", "barbara@example.com")
     finally:
         code = up.stop(signal.SIGTERM)
     assert code == 0, up.stderr()
