@@ -21,6 +21,7 @@ import click
 import psycopg
 from psycopg_pool import PoolTimeout
 
+from api import event_loop
 from api.cli_runtime import cli_settings, data_dir_option
 from api.embedded import EmbeddedError
 from api.enrichment_cli import firmographics
@@ -98,7 +99,7 @@ def up(data_dir: Path | None, host: str | None, port: int | None) -> None:
 
     try:
         with sock, resolve_servers(settings, nats=True) as servers:
-            asyncio.run(run(servers))
+            event_loop.run(run(servers), settings.event_loop)
     except KeyboardInterrupt:
         pass  # stopped while starting: whatever had started has been stopped on the way out
     click.echo("leadledger stopped", err=True)

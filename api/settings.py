@@ -35,6 +35,8 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     """`off` is for benchmarks and trusted one-off loads only: this process claims no identity
     keys and looks for no likely duplicates, and leads it creates stay invisible to dedup later
     (their keys are never in the identity index)."""
+    event_loop: Literal["uvloop", "asyncio"] = "uvloop"
+    """The event loop of `up` and `python -m api.workers` (api/event_loop.py)."""
     worker_processes: Annotated[int, msgspec.Meta(ge=0, le=8)] = 1
     """Processes `up` runs its workers in, beside the HTTP server's (0: in the HTTP server's own
     process). Python runs one thread at a time per process: with the workers apart, HTTP and the
@@ -65,6 +67,7 @@ _ENV = {
     "log_level": "LEADLEDGER_LOG_LEVEL",
     "pool_max_size": "LEADLEDGER_POOL_MAX_SIZE",
     "dedup": "LEADLEDGER_DEDUP",
+    "event_loop": "LEADLEDGER_EVENT_LOOP",
     "worker_processes": "LEADLEDGER_WORKER_PROCESSES",
     "reactor_partitions": "LEADLEDGER_REACTOR_PARTITIONS",
     "reactor_concurrency": "LEADLEDGER_REACTOR_CONCURRENCY",
