@@ -86,6 +86,7 @@ class LeadCommands:
         event_ids: Sequence[str] | None = None,
         on_duplicate: str = RAISE,
         conn: psycopg.AsyncConnection | None = None,
+        known: Stream | None = None,
     ) -> CommandResult:
         """`expected_version` (an If-Match) makes a conflict final instead of retried;
         `event_ids` make a retried request idempotent (the same ids append once);
@@ -94,7 +95,7 @@ class LeadCommands:
         return await self.execute_plan(
             workspace, lead_id, lambda _state: [command], metadata,
             expected_version=expected_version, event_ids=event_ids, on_duplicate=on_duplicate,
-            conn=conn,
+            conn=conn, known=known,
         )
 
     async def execute_plan(
@@ -109,19 +110,25 @@ class LeadCommands:
         command_ids: Sequence[str] | None = None,
         on_duplicate: str = RAISE,
         conn: psycopg.AsyncConnection | None = None,
+        known: Stream | None = None,
     ) -> CommandResult:
         """The commands `plan` makes of the lead's current state, decided in turn and appended
         as one write at one version: all of them or none (a PATCH of several fields at once).
 
         `command_ids` (instead of `event_ids`, which number the events in order): the id of
         the event each command decides, so that a command deciding nothing shifts no other
-        command's id (a further event of one command gets an id derived from its own)."""
+        command's id (a further event of one command gets an id derived from its own).
+
+        `known`: the lead's stream as the caller just read it (a processor that looked at the
+        lead before deciding to act), used instead of reading it again on the first attempt;
+        if the lead moved on since, the append conflicts and the retry reads it afresh."""
         async for attempt in self._retrying(expected_version):
             with attempt:
                 return await self._once(
                     workspace, lead_id, plan, metadata, expected_version, event_ids,
                     on_duplicate, assume_new=attempt.retry_state.attempt_number == 1, conn=conn,
                     command_ids=command_ids,
+                    known=known if attempt.retry_state.attempt_number == 1 else None,
                 )
         raise AssertionError("unreachable")
 
@@ -156,8 +163,10 @@ class LeadCommands:
         assume_new: bool,
         conn: psycopg.AsyncConnection | None = None,
         command_ids: Sequence[str] | None = None,
+        known: Stream | None = None,
     ) -> CommandResult:
-        stream = await self._read(workspace, lead_id, plan, expected_version, assume_new, conn)
+        stream = known if known is not None else await self._read(
+            workspace, lead_id, plan, expected_version, assume_new, conn)
         state = fold([r.event for r in stream.events], INITIAL)
         if expected_version is not None and expected_version != state.version:
             if state.status is None:

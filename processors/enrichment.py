@@ -37,7 +37,7 @@ from ledger.errors import LeadGone, LeadNotFound
 from ledger.lead import ERASED, INITIAL, MERGED, fold
 from ledger.lead_commands import LeadCommands
 from ledger.quality_settings import QualitySettings
-from ledger.store import EventStore, RecordedEvent
+from ledger.store import EventStore, RecordedEvent, Stream
 from ledger.vocabulary import Vocabulary, resolve
 from processors.outbound import OutboundGuard
 from processors.providers import Finding, Provider, ProviderFailed, snapshot_of
@@ -170,7 +170,7 @@ class EnrichmentReactor:
                 found.append((provider.name, enrichment_command(
                     provider.name, result, overwrite=overwrite, trigger=trigger,
                     vocabularies=vocabularies)))
-        if found and not await self._record(recorded, found, trigger):
+        if found and not await self._record(recorded, found, trigger, stream):
             return  # the lead went away meanwhile
         unexpected = [f for f in failures if not isinstance(f, ProviderFailed)]
         if unexpected:
@@ -188,7 +188,8 @@ class EnrichmentReactor:
         return providers
 
     async def _record(
-        self, cause: RecordedEvent, found: list[tuple[str, RecordEnrichment]], trigger: str
+        self, cause: RecordedEvent, found: list[tuple[str, RecordEnrichment]], trigger: str,
+        known: Stream,
     ) -> bool:
         """Every provider's findings in one write (one read of the lead, one append, one
         version), each still its own LeadEnriched with its own id, so that a provider that
@@ -205,6 +206,7 @@ class EnrichmentReactor:
             outcome = await self.commands.execute_plan(
                 cause.workspace, cause.stream_id, lambda _state: commands, metadata,
                 command_ids=[enrichment_event_id(cause.event_id, name) for name, _ in found],
+                known=known,
             )
         except (LeadGone, LeadNotFound):
             return False

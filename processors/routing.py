@@ -38,7 +38,7 @@ from ledger.attribute_definitions import AttributeDefinitions
 from ledger.errors import InvalidValue, LeadGone, LeadNotFound
 from ledger.lead import ACTIVE, LeadState
 from ledger.lead_commands import LeadCommands
-from ledger.store import EventStore, RecordedEvent
+from ledger.store import EventStore, RecordedEvent, Stream
 from processors.assignment import (
     CompiledRules,
     InvalidRules,
@@ -138,7 +138,7 @@ def assign_command(decision: Decision) -> AssignLead:
 
 async def execute(
     commands: LeadCommands, cause: RecordedEvent, command: LeadCommand, event_id: str,
-    reason: str, *, before: tuple[LeadCommand, str] | None = None,
+    reason: str, *, before: tuple[LeadCommand, str] | None = None, stream: Stream | None = None,
 ) -> int:
     """Appends the command's events (idempotent by `event_id`), after `before`'s in the same
     write when given; the count appended, 0 when the lead is gone or a task it names is no
@@ -147,7 +147,7 @@ async def execute(
     try:
         result = await commands.execute_plan(
             cause.workspace, cause.stream_id, lambda _state: [c for c, _ in plan],
-            metadata_for(cause, reason), event_ids=[i for _, i in plan],
+            metadata_for(cause, reason), event_ids=[i for _, i in plan], known=stream,
         )
     except (LeadGone, LeadNotFound):
         return 0
@@ -243,12 +243,13 @@ class RoutingReactor:
             recorded.workspace, recorded.event_id, recorded.stream_id, target, book,
             waiting or derived_id(recorded.event_id, "task"),
         )
-        await self._carry_out(recorded, stored, book, facts.state, tasks)
+        await self._carry_out(recorded, stored, book, facts.state, tasks, stream)
 
     async def _carry_out(
         self, cause: RecordedEvent, stored: StoredDecision, book: RoutingBook,
-        state: LeadState, tasks: dict[str, OpenTaskView],
+        state: LeadState, tasks: dict[str, OpenTaskView], stream: Stream,
     ) -> None:
+        """`stream`: the lead as `react` read it, so the command need not read it again."""
         decision = stored.decision
         # One write for the assignment and its task (a crash cannot leave one without the
         # other); the assignment goes first only when it changes something, so that each event
@@ -263,7 +264,8 @@ class RoutingReactor:
         if task_id is None or (known is not None and (
                 not known.open or known.assignee == decision.owner)):
             if first is not None:
-                self.appended += await execute(self.commands, cause, *first, decision.reason)
+                self.appended += await execute(self.commands, cause, *first, decision.reason,
+                                               stream=stream)
             return
         if known is None:
             command: LeadCommand = OpenTask(
@@ -276,7 +278,7 @@ class RoutingReactor:
                                    previous=known.assignee, due_at=due, reason=decision.reason)
             event_id = derived_id(cause.event_id, "reassign-task")
         self.appended += await execute(self.commands, cause, command, event_id, decision.reason,
-                                       before=first)
+                                       before=first, stream=stream)
 
     async def _band_follow_up(
         self, cause: RecordedEvent, events: Sequence[RecordedEvent], book: RoutingBook,

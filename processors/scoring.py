@@ -177,7 +177,7 @@ class ScoringProcessor:
             try:
                 outcome = await self.commands.execute(
                     cause.workspace, cause.stream_id, command, metadata, event_ids=[event_id],
-                    conn=conn,
+                    conn=conn, known=stream if round_ == 0 else None,
                 )
                 self.scored += len(outcome.events)
                 return

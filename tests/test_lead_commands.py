@@ -49,3 +49,19 @@ async def test_each_command_keeps_its_own_event_id_and_a_repeat_appends_nothing(
     assert len(first.events) == 2 and again.events == []
     assert stream.version == 4  # created, phone, then one write of two events
     assert enriched[0].version == enriched[1].version - 1 and enriched[0].metadata == META
+
+
+async def test_a_stream_the_caller_read_is_used_and_a_stale_one_only_costs_a_retry(
+    commands, store
+):
+    from schema.commands import TagLead
+
+    await commands.execute("ws", "L2", CreateLead(lead_id="L2", fields=LeadFields(),
+                                                  stage="lead"), META)
+    read = await store.read_stream("ws", "L2")
+    first = await commands.execute("ws", "L2", TagLead(tag="fresh"), META, known=read)
+    assert first.state.version == 2
+    # `read` is now one version behind: the append conflicts, the retry reads the lead again.
+    second = await commands.execute("ws", "L2", TagLead(tag="stale"), META, known=read)
+    assert second.state.version == 3 and second.state.tags == ("fresh", "stale")
+    assert [r.version for r in (await store.read_stream("ws", "L2")).events] == [1, 2, 3]
