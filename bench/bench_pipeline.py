@@ -537,7 +537,9 @@ def build_results(args: argparse.Namespace, runs: list[RateRun], machine,  # typ
 
 
 def _service_shape() -> str:
-    workers = os.environ.get("LEADLEDGER_WORKER_PROCESSES", "default")
+    from api.settings import Settings
+
+    workers = os.environ.get("LEADLEDGER_WORKER_PROCESSES", str(Settings().worker_processes))
     return f"leadledger up, LEADLEDGER_WORKER_PROCESSES={workers}"
 
 
