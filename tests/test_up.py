@@ -257,6 +257,10 @@ def test_up_on_external_servers_starts_nothing_embedded(infra, data_dir: Path) -
     assert not data_dir.exists()
 
 
+def _niceness(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[16])
+
+
 def _worker_processes(parent: int) -> list[int]:
     """`python -m api.workers all` processes whose parent is `parent` (or, once it died, none
     should be left: the caller asks by the pids it saw)."""
@@ -283,6 +287,8 @@ def test_up_runs_its_workers_apart_and_they_end_with_it(infra, data_dir: Path) -
         while len(children := _worker_processes(up.process.pid)) < 2:
             assert time.monotonic() < deadline, f"no worker processes: {up.stderr()}"
             time.sleep(0.2)
+        # Ingestion first: the workers run at a lower CPU priority than the HTTP server.
+        assert {_niceness(pid) for pid in children} == {_niceness(up.process.pid) + 10}
         _create_and_read_back(up.url, env, "apart", "barbara@example.com")
     finally:
         code = up.stop(signal.SIGTERM)
