@@ -8,7 +8,7 @@
    its `pg_notify` removed. That last one is a copy made in the benchmark's own database from
    pg_get_functiondef, an experiment only: the ledger's function and migrations are untouched.
    Then the same through Python: raw insert, EventStore.append, and EventStore.append against
-   a scratch database whose ledger_append_one lost its pg_notify.
+   a scratch database whose ledger_after_append lost its pg_notify.
 2. What the backends wait on while EventStore.append runs at the largest writer count,
    against raw inserts: pg_stat_activity and ungranted pg_locks, sampled every 5 ms.
 3. Client CPU per single-event append, piece by piece (timeit, no server).
@@ -73,18 +73,33 @@ from ledger.store import _APPEND_ONE, NewEvent
 _NOTIFY = "PERFORM pg_notify('leadledger_events', '');"
 
 
+def _definition(conn: psycopg.Connection, function: str) -> str:
+    return conn.execute(f"SELECT pg_get_functiondef('{function}'::regproc)").fetchone()[0]
+
+
+def _copy_without_notify(conn: psycopg.Connection, prefix: str = "") -> None:
+    """`ledger_after_append` without its pg_notify, as `<prefix>ledger_after_append`, and, with
+    a prefix, `<prefix>ledger_append_one` calling it (the ledger's own functions untouched)."""
+    after = _definition(conn, "ledger_after_append")
+    if _NOTIFY not in after:
+        raise RuntimeError("ledger_after_append no longer calls pg_notify as expected here")
+    rename = f"FUNCTION public.{prefix}ledger_after_append("
+    conn.execute(after.replace("FUNCTION public.ledger_after_append(", rename)
+                 .replace(_NOTIFY, ""))
+    if prefix:
+        one = _definition(conn, "ledger_append_one")
+        conn.execute(one.replace("FUNCTION public.ledger_append_one(",
+                                 f"FUNCTION public.{prefix}ledger_append_one(")
+                     .replace("PERFORM ledger_after_append(",
+                              f"PERFORM {prefix}ledger_after_append("))
+
+
 def server_variants(url: str) -> list[PgbenchScript]:
     single = row_template(1)
     with psycopg.connect(url, autocommit=True) as conn:
         create_raw_table(conn, "diag_raw")
         create_raw_table(conn, "diag_raw_notify")
-        definition = conn.execute(
-            "SELECT pg_get_functiondef('ledger_append_one'::regproc)").fetchone()[0]
-        if _NOTIFY not in definition:
-            raise RuntimeError("ledger_append_one no longer calls pg_notify as expected here")
-        conn.execute(definition.replace("FUNCTION public.ledger_append_one(",
-                                        "FUNCTION public.diag_append_without_notify(")
-                     .replace(_NOTIFY, ""))
+        _copy_without_notify(conn, prefix="diag_")
     key = _bytea_literal(os.urandom(60))  # a wrapped data key is 60 bytes
 
     def call(function: str) -> str:
@@ -100,19 +115,17 @@ def server_variants(url: str) -> list[PgbenchScript]:
                       + "SELECT pg_notify('leadledger_events', '');\nCOMMIT;\n"),
         PgbenchScript("ledger_append_one()", url, call("ledger_append_one")),
         PgbenchScript("ledger_append_one() without pg_notify", url,
-                      call("diag_append_without_notify")),
+                      call("diag_ledger_append_one")),
     ]
 
 
 def python_variants(server: BenchServer, url: str) -> list[LedgerAppend | RawInsert]:
     """The same what-if through the whole Python path: EventStore.append as it is, and against
-    a database whose ledger_append_one lost its pg_notify (and nothing else)."""
+    a database whose ledger_after_append lost its pg_notify (and nothing else)."""
     without = server.create_database("bench_append_diagnosis_without_notify")
     asyncio.run(migrate(without))
     with psycopg.connect(without, autocommit=True) as conn:
-        definition = conn.execute(
-            "SELECT pg_get_functiondef('ledger_append_one'::regproc)").fetchone()[0]
-        conn.execute(definition.replace(_NOTIFY, ""))
+        _copy_without_notify(conn)  # replaces ledger_after_append in that scratch database
     return [
         RawInsert("raw insert (python)", url, "diag_raw_python", row_template(1)),
         LedgerAppend("EventStore.append (python)", url, 1),
