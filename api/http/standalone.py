@@ -16,14 +16,13 @@ from collections.abc import Awaitable, Callable
 
 import msgspec
 from litestar import Litestar
-from psycopg_pool import AsyncConnectionPool
 
 from api.app import create_app
 from api.http.settings import HttpSettings, load_http_settings
 from api.logs import configure_logging
 from api.runtime import Runtime, build_runtime
 from api.settings import Settings, load_settings
-from ledger.database import _configure, session_options
+from ledger.database import new_pool
 
 Hook = Callable[[Runtime], Awaitable[None]]
 
@@ -31,11 +30,7 @@ Hook = Callable[[Runtime], Awaitable[None]]
 def unopened_runtime(settings: Settings, database_url: str, nats_url: str,
                      master_key: str) -> Runtime:
     """The runtime `open_runtime` builds, with its pool not yet opened (no loop needed)."""
-    pool = AsyncConnectionPool(
-        database_url, min_size=2, max_size=settings.pool_max_size, open=False,
-        configure=_configure, name="leadledger-http",
-        kwargs={"options": session_options(), "application_name": "leadledger-http"},
-    )
+    pool = new_pool(database_url, max_size=settings.pool_max_size, name="leadledger-http")
     return build_runtime(settings, database_url, nats_url, master_key, pool)
 
 
