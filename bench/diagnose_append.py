@@ -4,11 +4,11 @@
 
 1. Server side, no Python in the loop (pgbench, medians of interleaved repetitions): a raw
    INSERT of the ledger's row; the same INSERT plus pg_notify in one transaction;
-   `ledger_append_one()` called as EventStore.append calls it for one event; and the same with
-   its `pg_notify` removed. That last one is a copy made in the benchmark's own database from
-   pg_get_functiondef, an experiment only: the ledger's function and migrations are untouched.
-   Then the same through Python: raw insert, EventStore.append, and EventStore.append against
-   a scratch database whose ledger_after_append lost its pg_notify.
+   `ledger_append_one()` (the PL/pgSQL function EventStore.append calls for one event at any
+   version, or with identity keys to move), and the same with its `pg_notify` removed (a copy
+   made in the benchmark's own database from pg_get_functiondef, an experiment only); and the
+   plain statement EventStore.append sends for one event at a known version, the common case.
+   Then the same through Python: raw insert and EventStore.append.
 2. What the backends wait on while EventStore.append runs at the largest writer count,
    against raw inserts: pg_stat_activity and ungranted pg_locks, sampled every 5 ms.
 3. Client CPU per single-event append, piece by piece (timeit, no server).
@@ -68,7 +68,7 @@ from bench.measure import RetryBudget, Sample, measure_guarded, median
 from ledger.crypto import Keyring, generate_master_key, parse_master_key
 from ledger.mapper import event_aad, to_stored
 from ledger.migrations import migrate
-from ledger.store import _APPEND_ONE, NewEvent
+from ledger.store import _APPEND_AT_VERSION, _APPEND_ONE, NewEvent
 
 _NOTIFY = "PERFORM pg_notify('leadledger_events', '');"
 
@@ -108,6 +108,19 @@ def server_variants(url: str) -> list[PgbenchScript]:
                 f" {single.schema_versions[0]}::smallint, {_bytea_literal(single.data[0])},"
                 f" {_bytea_literal(single.personal[0])}, {META_SQL}, {key});\n")
 
+    # EventStore.append's own statement for one event at a known version, its parameters as
+    # pgbench variables (a random stream id per run, the same in every place it appears).
+    literals = {
+        "event_id": "gen_random_uuid()", "workspace": f"'{WORKSPACE}'",
+        "stream_id": "('lead_' || :n)", "expected": "0", "type": f"'{single.types[0]}'",
+        "schema_version": str(single.schema_versions[0]),
+        "data": _bytea_literal(single.data[0]), "personal": _bytea_literal(single.personal[0]),
+        "metadata": f"({META_SQL})::text", "new_key": key,
+    }
+    statement = _APPEND_AT_VERSION
+    for name, literal in literals.items():
+        statement = statement.replace(f"%({name})b", literal)
+    statement = "\\set n random(1, 9000000000000000000)\n" + " ".join(statement.split()) + ";\n"
     return [
         PgbenchScript("raw insert", url, pgbench_insert_sql("diag_raw", single)),
         PgbenchScript("raw insert + pg_notify", url,
@@ -116,20 +129,17 @@ def server_variants(url: str) -> list[PgbenchScript]:
         PgbenchScript("ledger_append_one()", url, call("ledger_append_one")),
         PgbenchScript("ledger_append_one() without pg_notify", url,
                       call("diag_ledger_append_one")),
+        PgbenchScript("EventStore.append's statement (one event at a version)", url, statement),
     ]
 
 
-def python_variants(server: BenchServer, url: str) -> list[LedgerAppend | RawInsert]:
-    """The same what-if through the whole Python path: EventStore.append as it is, and against
-    a database whose ledger_after_append lost its pg_notify (and nothing else)."""
-    without = server.create_database("bench_append_diagnosis_without_notify")
-    asyncio.run(migrate(without))
-    with psycopg.connect(without, autocommit=True) as conn:
-        _copy_without_notify(conn)  # replaces ledger_after_append in that scratch database
+def python_variants(url: str) -> list[LedgerAppend | RawInsert]:
+    """The same through the whole Python path. (Until the single-event append became one plain
+    statement, a third variant ran EventStore.append against a database whose
+    ledger_after_append lost its pg_notify; that append no longer calls the function.)"""
     return [
         RawInsert("raw insert (python)", url, "diag_raw_python", row_template(1)),
         LedgerAppend("EventStore.append (python)", url, 1),
-        LedgerAppend("EventStore.append, without pg_notify (python)", without, 1),
     ]
 
 
@@ -181,6 +191,10 @@ def client_costs(url: str) -> dict[str, float]:
     params = (WORKSPACE, lead_id, 0, event_id, stored.event_type, stored.schema_version,
               stored.data, stored.personal, '{"source":"api"}', key.wrapped, None, None, None,
               None)
+    named = {"event_id": event_id, "workspace": WORKSPACE, "stream_id": lead_id, "expected": 0,
+             "type": stored.event_type, "schema_version": stored.schema_version,
+             "data": stored.data, "personal": stored.personal, "metadata": '{"source":"api"}',
+             "new_key": key.wrapped}
     raw_params = (event_id, WORKSPACE, lead_id, template.types[0], 1, template.data[0],
                   template.personal[0], '{"source":"api"}')
     raw_query = ("INSERT INTO t (event_id, workspace, stream_id, version, event_type,"
@@ -192,7 +206,7 @@ def client_costs(url: str) -> dict[str, float]:
 
     conn = psycopg.connect(url, autocommit=True)
 
-    def convert(query: str, args: tuple[object, ...]) -> None:
+    def convert(query: str, args: tuple[object, ...] | dict[str, object]) -> None:
         PostgresQuery(Transformer(conn)).convert(query, args)
 
     pieces = {
@@ -201,7 +215,9 @@ def client_costs(url: str) -> dict[str, float]:
         "mapper.to_stored (encode + encrypt PII)":
             lambda: to_stored(event, key, event_aad(WORKSPACE, lead_id, event_id)),
         "metadata encode": lambda: __import__("msgspec").json.encode(META).decode(),
-        "psycopg params, ledger_append_one (binary, as store.py)":
+        "psycopg params, the single-event statement (binary, as store.py)":
+            lambda: convert(_APPEND_AT_VERSION, named),
+        "psycopg params, ledger_append_one (binary)":
             lambda: convert(_APPEND_ONE, params),
         "psycopg params, ledger_append_one (the same as text)":
             lambda: convert(text_query, params),
@@ -256,7 +272,7 @@ def main(argv: list[str] | None = None) -> int:
         machine = describe_machine(server)
         url = server.create_database("bench_append_diagnosis")
         asyncio.run(migrate(url))
-        variants = [*server_variants(url), *python_variants(server, url)]
+        variants = [*server_variants(url), *python_variants(url)]
         try:
             for writers in writer_counts:
                 for _ in range(args.repeat):

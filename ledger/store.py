@@ -95,6 +95,57 @@ FROM ledger_append_one(%b, %b, %b::integer, %b::uuid, %b, %b::smallint, %b::byte
                        %b::text::jsonb, %b::bytea, %b::text[], %b::bytea[], %b::text[],
                        %b::bytea[])
 """
+# The common append, one event at a known version and no identity move, as one plain statement:
+# calling ledger_append_one (PL/pgSQL) for it costs the server about a fifth of its append
+# throughput (pgbench, 16 writers: 0.65 of a raw insert's rate against 0.86 for this statement).
+# It does what that function does on its path: version N must exist and N + 1 must not (the
+# unique key), then the new subject key and the relay's wake-up (see ledger_after_append,
+# migration 0030: one NOTIFY per burst, by whoever wins the try-lock). Nothing returned means a
+# conflict or a repeat, which ledger_refuse_conflict tells apart.
+_APPEND_AT_VERSION = """
+WITH appended AS (
+    INSERT INTO events (event_id, workspace, stream_id, version, event_type, schema_version,
+                        data, personal, metadata)
+    SELECT %(event_id)b::uuid, %(workspace)b::text, %(stream_id)b::text,
+           %(expected)b::integer + 1, %(type)b::text, %(schema_version)b::smallint,
+           %(data)b::bytea, %(personal)b::bytea, %(metadata)b::text::jsonb
+    WHERE %(expected)b::integer = 0 OR EXISTS (
+        SELECT 1 FROM events
+        WHERE workspace = %(workspace)b::text AND stream_id = %(stream_id)b::text
+          AND version = %(expected)b::integer
+    )
+    ON CONFLICT DO NOTHING
+    RETURNING position, transaction_id, version
+), subject_key AS (
+    INSERT INTO subject_keys (workspace, subject_id, wrapped_key)
+    SELECT %(workspace)b::text, %(stream_id)b::text, %(new_key)b::bytea
+    FROM appended WHERE %(new_key)b::bytea IS NOT NULL
+    ON CONFLICT DO NOTHING
+)
+SELECT position, transaction_id, version,
+       (CASE WHEN pg_try_advisory_xact_lock(7853, 1)
+             THEN pg_notify('leadledger_events', '') END)::text IS NOT NULL AS woke
+FROM appended
+"""
+
+
+class _AtVersion(msgspec.Struct, frozen=True):
+    """_APPEND_AT_VERSION's parameters."""
+
+    event_id: str
+    workspace: str
+    stream_id: str
+    expected: int
+    type: str
+    schema_version: int
+    data: bytes
+    personal: bytes | None
+    metadata: str
+    new_key: bytes | None
+
+
+_REFUSE_CONFLICT = "SELECT ledger_refuse_conflict(%s, %s, %s, %s::uuid)"
+_APPENDED = "SELECT position, transaction_id, version FROM events WHERE event_id = %s::uuid"
 _APPEND_WITH_IDENTITY = """
 SELECT event_position, event_transaction_id, event_version
 FROM ledger_append(%s, %s, %s, %s::uuid[], %s::text[], %s::smallint[], %s::bytea[],
@@ -250,40 +301,48 @@ class EventStore:
             data.append(stored.data)
             personal.append(stored.personal)
         new_key = key.wrapped if key is not None and key.is_new else None
-        params: tuple = (
-            workspace, spec.stream_id, spec.expected_version,
-            ids, types, versions, data, personal, _encode(metadata).decode(), new_key,
-        )
+        encoded = _encode(metadata).decode()
         moves = spec.identity is not None and (spec.identity.release or spec.identity.claim)
-        identity = (
-            (*_key_arrays(spec.identity.release), *_key_arrays(spec.identity.claim))
-            if moves and spec.identity is not None else (None, None, None, None)
-        )
-        if len(ids) == 1:
-            query = _APPEND_ONE
-            params = (*params[:3], ids[0], types[0], versions[0], data[0], personal[0],
-                      *params[8:], *identity)
-        elif moves:
-            query = _APPEND_WITH_IDENTITY
-            params += identity
-        else:
-            query = _APPEND
         try:
+            if len(ids) == 1 and not moves and spec.expected_version is not None:
+                rows = await self._append_at_version(conn, _AtVersion(
+                    ids[0], workspace, spec.stream_id, spec.expected_version, types[0],
+                    versions[0], data[0], personal[0], encoded, new_key,
+                ))
+                return _appended(spec.stream_id, rows)
+            params: tuple = (workspace, spec.stream_id, spec.expected_version,
+                             ids, types, versions, data, personal, encoded, new_key)
+            identity = (
+                (*_key_arrays(spec.identity.release), *_key_arrays(spec.identity.claim))
+                if moves and spec.identity is not None else (None, None, None, None)
+            )
+            if len(ids) == 1:
+                query = _APPEND_ONE
+                params = (*params[:3], ids[0], types[0], versions[0], data[0], personal[0],
+                          *params[8:], *identity)
+            elif moves:
+                query = _APPEND_WITH_IDENTITY
+                params += identity
+            else:
+                query = _APPEND
             cur = await conn.execute(query, params)
-            rows = await cur.fetchall()
+            return _appended(spec.stream_id, await cur.fetchall())
         except psycopg.Error as exc:
-            if exc.sqlstate == "LL409":
-                current = int(exc.diag.message_detail or 0)
-                raise ConcurrencyError(spec.stream_id, spec.expected_version, current) from None
-            if exc.sqlstate == "LL410":
-                owners = _decode_claims(exc.diag.message_detail or "[]")
-                raise IdentityClaimed(spec.stream_id, owners) from None
-            raise
-        return AppendResult(
-            stream_id=spec.stream_id,
-            version=rows[-1][2],
-            positions=[LogPosition(tx, pos) for pos, tx, _ in rows],
-        )
+            raise _append_error(exc, spec) from None
+
+    @staticmethod
+    async def _append_at_version(
+        conn: psycopg.AsyncConnection, append: _AtVersion
+    ) -> list[tuple[int, int, int]]:
+        cur = await conn.execute(_APPEND_AT_VERSION, msgspec.structs.asdict(append))
+        rows = [row[:3] for row in await cur.fetchall()]
+        if rows:
+            return rows
+        # Not written: the stream is elsewhere (this raises LL409), or this append is a repeat.
+        await conn.execute(_REFUSE_CONFLICT, (append.workspace, append.stream_id,
+                                              append.expected, append.event_id))
+        cur = await conn.execute(_APPENDED, (append.event_id,))
+        return await cur.fetchall()
 
     async def _key_for_write(
         self, conn: psycopg.AsyncConnection, workspace: str, stream_id: str, expected: int | None
@@ -433,3 +492,21 @@ class EventStore:
         # stream_id, version, event, metadata, recorded_at, redacted.
         return RecordedEvent(position, tx, event_id, workspace, stream_id, version, event,
                              _decode_metadata(metadata), recorded_at, redacted)
+
+
+def _appended(stream_id: str, rows: Sequence[tuple[int, int, int]]) -> AppendResult:
+    return AppendResult(
+        stream_id=stream_id,
+        version=rows[-1][2],
+        positions=[LogPosition(tx, pos) for pos, tx, _ in rows],
+    )
+
+
+def _append_error(exc: psycopg.Error, spec: StreamAppend) -> Exception:
+    """The typed error of a refused append (SQLSTATE LL409, LL410), or the error itself."""
+    if exc.sqlstate == "LL409":
+        current = int(exc.diag.message_detail or 0)
+        return ConcurrencyError(spec.stream_id, spec.expected_version, current)
+    if exc.sqlstate == "LL410":
+        return IdentityClaimed(spec.stream_id, _decode_claims(exc.diag.message_detail or "[]"))
+    return exc

@@ -110,6 +110,59 @@ async def test_concurrent_identical_appends_store_once(store):
     assert len((await store.read_stream("ws", "L9")).events) == 1
 
 
+async def test_concurrent_appends_at_one_version_let_exactly_one_win(store):
+    await store.append("ws", "V", 0, [NewEvent(created("V"))], META)
+    results = await asyncio.gather(*(
+        store.append("ws", "V", 1, [NewEvent(LeadTagged(tag=f"t{i}"))], META)
+        for i in range(10)
+    ), return_exceptions=True)
+    won = [r for r in results if not isinstance(r, BaseException)]
+    lost = [r for r in results if isinstance(r, BaseException)]
+    assert len(won) == 1 and won[0].version == 2
+    assert all(isinstance(e, ConcurrencyError) and e.current == 2 for e in lost)
+    assert (await store.read_stream("ws", "V")).version == 2
+
+
+async def test_a_repeat_at_a_later_version_reports_the_first_result(store):
+    await store.append("ws", "W", 0, [NewEvent(created("W"))], META)
+    tag = NewEvent(LeadTagged(tag="once"))
+    first = await store.append("ws", "W", 1, [tag], META)
+    again = await store.append("ws", "W", 1, [tag], META)
+    assert again == first and first.version == 2
+    assert (await store.read_stream("ws", "W")).version == 2
+
+
+async def test_a_repeat_inside_a_transaction_leaves_the_transaction_usable(store, pool):
+    event = NewEvent(created("T", email="t@example.com"))
+    first = await store.append("ws", "T", 0, [event], META)
+    async with pool.connection() as conn, conn.transaction():
+        again = await store.append("ws", "T", 0, [event], META, conn=conn)
+        later = await store.append("ws", "T", 1, [NewEvent(LeadTagged(tag="x"))], META, conn=conn)
+    assert again == first and later.version == 2
+    stream = await store.read_stream("ws", "T")
+    assert stream.version == 2 and stream.events[0].event.fields.email == "t@example.com"
+
+
+async def test_every_append_path_wakes_the_relay(store, infra):
+    """A single event at a version, at any version, and a batch each send the relay its NOTIFY
+    when nothing else is appending (one per burst, by whoever wins the try-lock)."""
+    async with await psycopg.AsyncConnection.connect(infra.database_url,
+                                                     autocommit=True) as listener:
+        await listener.execute("LISTEN leadledger_events")
+        notifies = listener.notifies(timeout=5, stop_after=1)
+        for append in (
+            lambda: store.append("ws", "Z", 0, [NewEvent(created("Z", email="z@x.co"))], META),
+            lambda: store.append("ws", "Z", 1, [NewEvent(LeadTagged(tag="a"))], META),
+            lambda: store.append("ws", "Z", None, [NewEvent(LeadTagged(tag="b"))], META),
+            lambda: store.append("ws", "Z", 3, [NewEvent(LeadTagged(tag=t)) for t in "cd"],
+                                 META),
+        ):
+            await append()
+            woken = [n async for n in notifies]
+            assert [n.channel for n in woken] == ["leadledger_events"]
+            notifies = listener.notifies(timeout=5, stop_after=1)
+
+
 async def test_append_many_is_all_or_nothing(store):
     await store.append("ws", "B", 0, [NewEvent(created("B"))], META)
     with pytest.raises(ConcurrencyError):
