@@ -116,10 +116,13 @@ def server_variants(url: str) -> list[PgbenchScript]:
         "schema_version": str(single.schema_versions[0]),
         "data": _bytea_literal(single.data[0]), "personal": _bytea_literal(single.personal[0]),
         "metadata": f"({META_SQL})::text", "new_key": key,
+        "claim_kinds": "NULL", "claim_hashes": "NULL",
     }
     statement = _APPEND_AT_VERSION
     for name, literal in literals.items():
         statement = statement.replace(f"%({name})b", literal)
+    if "%(" in statement:
+        raise RuntimeError("EventStore's append statement has a parameter this copy lacks")
     statement = "\\set n random(1, 9000000000000000000)\n" + " ".join(statement.split()) + ";\n"
     return [
         PgbenchScript("raw insert", url, pgbench_insert_sql("diag_raw", single)),
@@ -194,7 +197,7 @@ def client_costs(url: str) -> dict[str, float]:
     named = {"event_id": event_id, "workspace": WORKSPACE, "stream_id": lead_id, "expected": 0,
              "type": stored.event_type, "schema_version": stored.schema_version,
              "data": stored.data, "personal": stored.personal, "metadata": '{"source":"api"}',
-             "new_key": key.wrapped}
+             "new_key": key.wrapped, "claim_kinds": None, "claim_hashes": None}
     raw_params = (event_id, WORKSPACE, lead_id, template.types[0], 1, template.data[0],
                   template.personal[0], '{"source":"api"}')
     raw_query = ("INSERT INTO t (event_id, workspace, stream_id, version, event_type,"

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable, Sequence
+from datetime import datetime
 
 import msgspec
 import psycopg
@@ -33,7 +34,7 @@ from ledger import identity
 from ledger.errors import ConcurrencyError, DuplicateLead, IdentityClaimed, LeadNotFound
 from ledger.identity import IdentityClaim, IdentityHasher, IdentityKey
 from ledger.lead import ACTIVE, ARCHIVED, INITIAL, LeadState, decide, fold
-from ledger.store import EventStore, IdentityChange, NewEvent, Stream, StreamAppend
+from ledger.store import AppendResult, EventStore, IdentityChange, NewEvent, Stream, StreamAppend
 from schema.commands import (
     AbsorbLead,
     CreateLead,
@@ -59,6 +60,8 @@ class CommandResult(msgspec.Struct, frozen=True):
     events: list[Event]
     position: LogPosition | None
     """Ledger position of the write; None when the command changed nothing."""
+    recorded_at: datetime | None = None
+    """When the write was recorded, where the append reported it."""
 
 
 class LeadCommands:
@@ -187,18 +190,18 @@ class LeadCommands:
             return CommandResult(lead_id, state, [], None)
         release, claim = self._identity_change(state, after)
         try:
-            position = await self._append(
+            appended = await self._append(
                 workspace, stream, state, events, metadata, event_ids, release, claim, conn
             )
         except IdentityClaimed as clash:
             events = self._on_claims(clash.claims, state, events, on_duplicate)
             taken = {c.kind for c in clash.claims}
             free = [k for k in claim if k.kind not in taken]
-            position = await self._append(
+            appended = await self._append(
                 workspace, stream, state, events, metadata, event_ids, release, free, conn
             )
             after = fold(events, state)
-        return CommandResult(lead_id, after, list(events), position)
+        return CommandResult(lead_id, after, list(events), appended.last, appended.recorded_at)
 
     async def _read(
         self, workspace: str, lead_id: str, plan: Plan, expected_version: int | None,
@@ -217,7 +220,7 @@ class LeadCommands:
         metadata: EventMetadata, event_ids: Sequence[str] | None,
         release: list[IdentityKey], claim: list[IdentityKey],
         conn: psycopg.AsyncConnection | None = None,
-    ) -> LogPosition:
+    ) -> AppendResult:
         ids = list(event_ids or [])
         new = [NewEvent(e, ids[i]) if i < len(ids) else NewEvent(e) for i, e in enumerate(events)]
         if conn is None:
@@ -225,7 +228,7 @@ class LeadCommands:
                 workspace, stream.stream_id, state.version, new, metadata, key=stream.key,
                 identity=IdentityChange(release, claim),
             )
-            return result.last
+            return result
         # A savepoint: a refused append (a version conflict, a claimed identity) aborts only
         # itself, and the caller's transaction goes on (to retry, flag or merge).
         async with conn.transaction():
@@ -233,7 +236,7 @@ class LeadCommands:
                 workspace, stream.stream_id, state.version, new, metadata, key=stream.key,
                 identity=IdentityChange(release, claim), conn=conn,
             )
-        return result.last
+        return result
 
     def _identity_change(
         self, before: LeadState, after: LeadState

@@ -136,11 +136,13 @@ def split_name(full: str) -> NameParts:
     return NameParts(first_name=name.first or None, last_name=last)
 
 
+@lru_cache(maxsize=65_536)
 def tidy_name(part: str) -> str:
     """Cases a single name part written all-lower or all-upper; leaves mixed case alone.
 
     Applied until it settles, so that tidying a tidied name changes nothing (nameparser's casing
-    of odd input can itself come out all-lower or all-upper)."""
+    of odd input can itself come out all-lower or all-upper). Cached: nameparser takes about
+    100 µs per part (10 % of a create's CPU when names arrive in one case), and names repeat."""
     text = _tidy_once(part)
     for _ in range(4):
         again = _tidy_once(text)

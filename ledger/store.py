@@ -53,6 +53,8 @@ class AppendResult(msgspec.Struct, frozen=True):
     version: int
     """The stream's version after the append."""
     positions: list[LogPosition]
+    recorded_at: datetime | None = None
+    """When the append was recorded, where the statement reported it (one event at a version)."""
 
     @property
     def last(self) -> LogPosition:
@@ -95,13 +97,14 @@ FROM ledger_append_one(%b, %b, %b::integer, %b::uuid, %b, %b::smallint, %b::byte
                        %b::text::jsonb, %b::bytea, %b::text[], %b::bytea[], %b::text[],
                        %b::bytea[])
 """
-# The common append, one event at a known version and no identity move, as one plain statement:
-# calling ledger_append_one (PL/pgSQL) for it costs the server about a fifth of its append
-# throughput (pgbench, 16 writers: 0.65 of a raw insert's rate against 0.86 for this statement).
-# It does what that function does on its path: version N must exist and N + 1 must not (the
-# unique key), then the new subject key and the relay's wake-up (see ledger_after_append,
-# migration 0030: one NOTIFY per burst, by whoever wins the try-lock). Nothing returned means a
-# conflict or a repeat, which ledger_refuse_conflict tells apart.
+# The common append, one event at a known version with identity keys to claim (none released),
+# as one plain statement: calling ledger_append_one (PL/pgSQL) for it costs the server about a
+# fifth of its append throughput (pgbench, 16 writers: 0.66 of a raw insert's rate against 0.86
+# for this statement). It does what the functions do on that path (migrations 0030, 0032):
+# version N must exist and N + 1 must not (the unique key); the claims (a key another lead owns
+# makes ledger_refuse_claims raise LL410, which aborts the whole statement, event included); the
+# new subject key; the relay's wake-up (one NOTIFY per burst, by whoever wins the try-lock).
+# Nothing returned means a conflict or a repeat, which ledger_refuse_conflict tells apart.
 _APPEND_AT_VERSION = """
 WITH appended AS (
     INSERT INTO events (event_id, workspace, stream_id, version, event_type, schema_version,
@@ -115,14 +118,24 @@ WITH appended AS (
           AND version = %(expected)b::integer
     )
     ON CONFLICT DO NOTHING
-    RETURNING position, transaction_id, version
+    RETURNING position, transaction_id, version, recorded_at
+), claimed AS (
+    INSERT INTO identity_keys (workspace, kind, key_hash, lead_id)
+    SELECT %(workspace)b::text, c.kind, c.key_hash, %(stream_id)b::text
+    FROM appended, unnest(%(claim_kinds)b::text[], %(claim_hashes)b::bytea[]) AS c(kind, key_hash)
+    ON CONFLICT (workspace, kind, key_hash) DO NOTHING
+    RETURNING 1
 ), subject_key AS (
     INSERT INTO subject_keys (workspace, subject_id, wrapped_key)
     SELECT %(workspace)b::text, %(stream_id)b::text, %(new_key)b::bytea
     FROM appended WHERE %(new_key)b::bytea IS NOT NULL
     ON CONFLICT DO NOTHING
 )
-SELECT position, transaction_id, version,
+SELECT position, transaction_id, version, recorded_at,
+       CASE WHEN (SELECT count(*) FROM claimed) < cardinality(%(claim_kinds)b::text[])
+            THEN ledger_refuse_claims(%(workspace)b::text, %(stream_id)b::text,
+                                      %(claim_kinds)b::text[], %(claim_hashes)b::bytea[])
+       END AS refused,
        (CASE WHEN pg_try_advisory_xact_lock(7853, 1)
              THEN pg_notify('leadledger_events', '') END)::text IS NOT NULL AS woke
 FROM appended
@@ -142,10 +155,14 @@ class _AtVersion(msgspec.Struct, frozen=True):
     personal: bytes | None
     metadata: str
     new_key: bytes | None
+    claim_kinds: list[str] | None
+    claim_hashes: list[bytes] | None
 
 
 _REFUSE_CONFLICT = "SELECT ledger_refuse_conflict(%s, %s, %s, %s::uuid)"
-_APPENDED = "SELECT position, transaction_id, version FROM events WHERE event_id = %s::uuid"
+_APPENDED = """
+SELECT position, transaction_id, version, recorded_at FROM events WHERE event_id = %s::uuid
+"""
 _APPEND_WITH_IDENTITY = """
 SELECT event_position, event_transaction_id, event_version
 FROM ledger_append(%s, %s, %s, %s::uuid[], %s::text[], %s::smallint[], %s::bytea[],
@@ -302,27 +319,30 @@ class EventStore:
             personal.append(stored.personal)
         new_key = key.wrapped if key is not None and key.is_new else None
         encoded = _encode(metadata).decode()
-        moves = spec.identity is not None and (spec.identity.release or spec.identity.claim)
+        identity = spec.identity
+        moves = identity is not None and (identity.release or identity.claim)
         try:
-            if len(ids) == 1 and not moves and spec.expected_version is not None:
-                rows = await self._append_at_version(conn, _AtVersion(
+            if len(ids) == 1 and spec.expected_version is not None and (
+                identity is None or not identity.release
+            ):
+                kinds, hashes = _key_arrays(identity.claim if identity else ())
+                return await self._append_at_version(conn, _AtVersion(
                     ids[0], workspace, spec.stream_id, spec.expected_version, types[0],
-                    versions[0], data[0], personal[0], encoded, new_key,
+                    versions[0], data[0], personal[0], encoded, new_key, kinds, hashes,
                 ))
-                return _appended(spec.stream_id, rows)
             params: tuple = (workspace, spec.stream_id, spec.expected_version,
                              ids, types, versions, data, personal, encoded, new_key)
-            identity = (
-                (*_key_arrays(spec.identity.release), *_key_arrays(spec.identity.claim))
-                if moves and spec.identity is not None else (None, None, None, None)
+            moved = (
+                (*_key_arrays(identity.release), *_key_arrays(identity.claim))
+                if moves and identity is not None else (None, None, None, None)
             )
             if len(ids) == 1:
                 query = _APPEND_ONE
                 params = (*params[:3], ids[0], types[0], versions[0], data[0], personal[0],
-                          *params[8:], *identity)
+                          *params[8:], *moved)
             elif moves:
                 query = _APPEND_WITH_IDENTITY
-                params += identity
+                params += moved
             else:
                 query = _APPEND
             cur = await conn.execute(query, params)
@@ -333,16 +353,18 @@ class EventStore:
     @staticmethod
     async def _append_at_version(
         conn: psycopg.AsyncConnection, append: _AtVersion
-    ) -> list[tuple[int, int, int]]:
+    ) -> AppendResult:
         cur = await conn.execute(_APPEND_AT_VERSION, msgspec.structs.asdict(append))
-        rows = [row[:3] for row in await cur.fetchall()]
-        if rows:
-            return rows
-        # Not written: the stream is elsewhere (this raises LL409), or this append is a repeat.
-        await conn.execute(_REFUSE_CONFLICT, (append.workspace, append.stream_id,
-                                              append.expected, append.event_id))
-        cur = await conn.execute(_APPENDED, (append.event_id,))
-        return await cur.fetchall()
+        row = await cur.fetchone()
+        if row is None:
+            # Not written: the stream is elsewhere (this raises LL409), or this is a repeat.
+            await conn.execute(_REFUSE_CONFLICT, (append.workspace, append.stream_id,
+                                                  append.expected, append.event_id))
+            cur = await conn.execute(_APPENDED, (append.event_id,))
+            row = await cur.fetchone()
+            assert row is not None  # ledger_refuse_conflict found it
+        position, tx, version, recorded_at = row[:4]
+        return AppendResult(append.stream_id, version, [LogPosition(tx, position)], recorded_at)
 
     async def _key_for_write(
         self, conn: psycopg.AsyncConnection, workspace: str, stream_id: str, expected: int | None

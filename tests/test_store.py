@@ -13,9 +13,10 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from ledger.errors import ConcurrencyError
+from ledger.errors import ConcurrencyError, IdentityClaimed
+from ledger.identity import IdentityClaim, IdentityKey
 from ledger.mapper import REDACTED
-from ledger.store import NewEvent, StreamAppend
+from ledger.store import IdentityChange, NewEvent, StreamAppend
 from schema.events import LeadCreated, LeadFields, LeadFieldsChanged, LeadNoteAdded, LeadTagged
 from schema.metadata import Actor, EventMetadata
 from schema.positions import ORIGIN, LogPosition
@@ -161,6 +162,30 @@ async def test_every_append_path_wakes_the_relay(store, infra):
             woken = [n async for n in notifies]
             assert [n.channel for n in woken] == ["leadledger_events"]
             notifies = listener.notifies(timeout=5, stop_after=1)
+
+
+async def test_a_claim_of_a_taken_key_writes_nothing_and_names_the_owner(store, pool):
+    email, phone = IdentityKey("email", b"e" * 32), IdentityKey("phone", b"p" * 32)
+    await store.append("ws", "OWNER", 0, [NewEvent(created("OWNER", email="o@x.co"))], META,
+                       identity=IdentityChange(claim=[email]))
+    with pytest.raises(IdentityClaimed) as err:
+        await store.append("ws", "LATE", 0, [NewEvent(created("LATE", email="o@x.co"))], META,
+                           identity=IdentityChange(claim=[phone, email]))
+    assert err.value.claims == [IdentityClaim("email", "OWNER")]
+    assert (await store.read_stream("ws", "LATE")).events == []
+    async with pool.connection() as conn:
+        cur = await conn.execute(
+            "SELECT (SELECT count(*) FROM identity_keys WHERE lead_id = 'LATE'),"
+            " (SELECT count(*) FROM subject_keys WHERE subject_id = 'LATE')")
+        assert await cur.fetchone() == (0, 0)
+    # the lead's own key again, with a new one: accepted, both its own afterwards
+    result = await store.append("ws", "OWNER", 1, [NewEvent(LeadTagged(tag="a"))], META,
+                                identity=IdentityChange(claim=[email, phone]))
+    assert result.version == 2 and result.recorded_at is not None
+    async with pool.connection() as conn:
+        cur = await conn.execute(
+            "SELECT kind FROM identity_keys WHERE lead_id = 'OWNER' ORDER BY kind")
+        assert await cur.fetchall() == [("email",), ("phone",)]
 
 
 async def test_append_many_is_all_or_nothing(store):

@@ -25,7 +25,7 @@ from api.http.problems import ProblemError
 from ledger.errors import ConcurrencyError, InvalidValue, LeadNotFound
 from ledger.ingest import CREATED, Ingestor, NewLead
 from ledger.lead import LeadState
-from ledger.lead_commands import LeadCommands
+from ledger.lead_commands import CommandResult, LeadCommands
 from ledger.quality import QualityScore, score_quality
 from ledger.quality_settings import QualityPolicy, QualitySettings, WorkspaceQuality
 from ledger.store import EventStore
@@ -138,7 +138,8 @@ class LeadWriter:
             workspace, lead, metadata, quality, policy=policy, event_ids=event_ids
         ))
         result = outcome.result
-        stamped = await self._stamped(workspace, result.lead_id, result.state, result.events)
+        stamped = await self._stamped(workspace, result.lead_id, result.state, result.events,
+                                      written=result)
         if outcome.outcome == CREATED:
             return stamped
         return msgspec.structs.replace(stamped, merged_into=outcome.merged_into)
@@ -246,14 +247,22 @@ class LeadWriter:
         return await self._stamped(workspace, lead_id, state, [])
 
     async def _stamped(
-        self, workspace: str, lead_id: str, state: LeadState, events: list[Event]
+        self, workspace: str, lead_id: str, state: LeadState, events: list[Event],
+        *, written: CommandResult | None = None,
     ) -> WriteResult:
-        async with self.store.pool.connection() as conn:
-            cur = await conn.execute(_STAMP, (workspace, lead_id, state.version))
-            row = await cur.fetchone()
-        if row is None:  # pragma: no cover - the events were just read or written
-            raise LeadNotFound("lead not found")
-        created_at, updated_at, tx, pos = row
+        """The write's result with its times and ledger position. A lead's first write
+        reported them already (one event at version 1: created and updated at once)."""
+        if (written is not None and state.version == 1 and written.position is not None
+                and written.recorded_at is not None):
+            created_at = updated_at = written.recorded_at
+            tx, pos = written.position.transaction_id, written.position.position
+        else:
+            async with self.store.pool.connection() as conn:
+                cur = await conn.execute(_STAMP, (workspace, lead_id, state.version))
+                row = await cur.fetchone()
+            if row is None:  # pragma: no cover - the events were just read or written
+                raise LeadNotFound("lead not found")
+            created_at, updated_at, tx, pos = row
         quality = quality_of(state, updated_at, await self.quality.load(workspace))
         return WriteResult(
             lead_id, state, events, LogPosition(tx, pos), created_at, updated_at, quality=quality
