@@ -259,6 +259,7 @@ async def serve(
     import uvicorn
 
     from api.app import create_app
+    from api.heap import freeze_startup_heap
     from api.worker_processes import run_worker_processes, worker_env
     from api.workers import run_workers
 
@@ -271,6 +272,7 @@ async def serve(
         create_app(runtime), log_config=None, access_log=False, lifespan="on",
         timeout_graceful_shutdown=HTTP_GRACE_S,
     )
+    freeze_startup_heap()
     http = _Server(config)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -37,6 +37,7 @@ from typing import Any
 import structlog
 
 from api import event_loop
+from api.heap import freeze_startup_heap
 from api.logs import configure_logging
 from api.reactors import REACTORS, make_reactor_runners
 from api.runtime import Runtime, open_runtime
@@ -254,6 +255,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     settings = load_settings()
     configure_logging(settings.log_format, settings.log_level)
+    freeze_startup_heap()
     event_loop.run(run_one(argv, settings), settings.event_loop)
     return 0
 

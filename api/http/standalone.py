@@ -18,6 +18,7 @@ import msgspec
 from litestar import Litestar
 
 from api.app import create_app
+from api.heap import freeze_startup_heap
 from api.http.settings import HttpSettings, load_http_settings
 from api.logs import configure_logging
 from api.runtime import Runtime, build_runtime
@@ -72,4 +73,6 @@ def app_from_env() -> Litestar:
     )
     if not settings.nats_url:
         http = msgspec.structs.replace(http, check_nats=False)
-    return self_opening_app(runtime, http)
+    app = self_opening_app(runtime, http)
+    freeze_startup_heap()
+    return app
