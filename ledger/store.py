@@ -97,38 +97,26 @@ FROM ledger_append_one(%b, %b, %b::integer, %b::uuid, %b, %b::smallint, %b::byte
                        %b::text::jsonb, %b::bytea, %b::text[], %b::bytea[], %b::text[],
                        %b::bytea[])
 """
-# The common append, one event at a known version with identity keys to claim (none released),
-# as one plain statement: calling ledger_append_one (PL/pgSQL) for it costs the server about a
-# fifth of its append throughput (pgbench, 16 writers: 0.66 of a raw insert's rate against 0.86
-# for this statement). It does what the functions do on that path (migrations 0030, 0032):
-# version N must exist and N + 1 must not (the unique key); the claims (a key another lead owns
-# makes ledger_refuse_claims raise LL410, which aborts the whole statement, event included); the
-# new subject key; the relay's wake-up (one NOTIFY per burst, by whoever wins the try-lock).
-# Nothing returned means a conflict or a repeat, which ledger_refuse_conflict tells apart.
-_APPEND_AT_VERSION = """
-WITH appended AS (
-    INSERT INTO events (event_id, workspace, stream_id, version, event_type, schema_version,
-                        data, personal, metadata)
-    SELECT %(event_id)b::uuid, %(workspace)b::text, %(stream_id)b::text,
-           %(expected)b::integer + 1, %(type)b::text, %(schema_version)b::smallint,
-           %(data)b::bytea, %(personal)b::bytea, %(metadata)b::text::jsonb
-    WHERE %(expected)b::integer = 0 OR EXISTS (
-        SELECT 1 FROM events
-        WHERE workspace = %(workspace)b::text AND stream_id = %(stream_id)b::text
-          AND version = %(expected)b::integer
-    )
-    ON CONFLICT DO NOTHING
-    RETURNING position, transaction_id, version, recorded_at
+# The common appends as plain statements: a write at a known version, with identity keys to
+# claim but none to release (every create, nearly every processor's write). Calling the PL/pgSQL
+# functions for them costs the server about a fifth of its append throughput (pgbench, 16
+# writers: ledger_append_one at 0.66 of a raw insert's rate, the same work as one statement at
+# 0.86). They do what the functions do on that path (migrations 0030, 0032): version N must
+# exist and N + 1 must not (the unique key); the claims (a key another lead owns makes
+# ledger_refuse_claims raise LL410, which aborts the whole statement, events included); the new
+# subject key; the relay's wake-up (one NOTIFY per burst, by whoever wins the try-lock).
+_AFTER_APPEND = """
 ), claimed AS (
     INSERT INTO identity_keys (workspace, kind, key_hash, lead_id)
     SELECT %(workspace)b::text, c.kind, c.key_hash, %(stream_id)b::text
-    FROM appended, unnest(%(claim_kinds)b::text[], %(claim_hashes)b::bytea[]) AS c(kind, key_hash)
+    FROM (SELECT 1 FROM appended LIMIT 1) AS written,
+         unnest(%(claim_kinds)b::text[], %(claim_hashes)b::bytea[]) AS c(kind, key_hash)
     ON CONFLICT (workspace, kind, key_hash) DO NOTHING
     RETURNING 1
 ), subject_key AS (
     INSERT INTO subject_keys (workspace, subject_id, wrapped_key)
     SELECT %(workspace)b::text, %(stream_id)b::text, %(new_key)b::bytea
-    FROM appended WHERE %(new_key)b::bytea IS NOT NULL
+    FROM (SELECT 1 FROM appended LIMIT 1) AS written WHERE %(new_key)b::bytea IS NOT NULL
     ON CONFLICT DO NOTHING
 )
 SELECT position, transaction_id, version, recorded_at,
@@ -139,7 +127,44 @@ SELECT position, transaction_id, version, recorded_at,
        (CASE WHEN pg_try_advisory_xact_lock(7853, 1)
              THEN pg_notify('leadledger_events', '') END)::text IS NOT NULL AS woke
 FROM appended
+ORDER BY version
 """
+_AT_EXPECTED = """
+    WHERE %(expected)b::integer = 0 OR EXISTS (
+        SELECT 1 FROM events
+        WHERE workspace = %(workspace)b::text AND stream_id = %(stream_id)b::text
+          AND version = %(expected)b::integer
+    )
+"""
+# One event, scalar parameters (one-element arrays cost the client more than the rest). A
+# conflict or a repeat inserts nothing (ON CONFLICT), so it is safe inside any transaction.
+_APPEND_AT_VERSION = """
+WITH appended AS (
+    INSERT INTO events (event_id, workspace, stream_id, version, event_type, schema_version,
+                        data, personal, metadata)
+    SELECT %(event_id)b::uuid, %(workspace)b::text, %(stream_id)b::text,
+           %(expected)b::integer + 1, %(type)b::text, %(schema_version)b::smallint,
+           %(data)b::bytea, %(personal)b::bytea, %(metadata)b::text::jsonb
+""" + _AT_EXPECTED + """
+    ON CONFLICT DO NOTHING
+    RETURNING position, transaction_id, version, recorded_at
+""" + _AFTER_APPEND
+# Several events. Without ON CONFLICT, so that a batch never lands in part: a conflict or a
+# repeat fails the whole statement (unique_violation). Only on a connection of its own, whose
+# transaction that failure can end (EventStore.append without `conn`).
+_APPEND_BATCH_AT_VERSION = """
+WITH appended AS (
+    INSERT INTO events (event_id, workspace, stream_id, version, event_type, schema_version,
+                        data, personal, metadata)
+    SELECT u.id, %(workspace)b::text, %(stream_id)b::text, %(expected)b::integer + u.ord::integer,
+           u.t, u.sv, u.d, u.p, %(metadata)b::text::jsonb
+    FROM unnest(%(event_ids)b::uuid[], %(types)b::text[], %(schema_versions)b::smallint[],
+                %(data)b::bytea[], %(personal)b::bytea[])
+         WITH ORDINALITY AS u(id, t, sv, d, p, ord)
+""" + _AT_EXPECTED + """
+    ORDER BY u.ord
+    RETURNING position, transaction_id, version, recorded_at
+""" + _AFTER_APPEND
 
 
 class _AtVersion(msgspec.Struct, frozen=True):
@@ -159,9 +184,29 @@ class _AtVersion(msgspec.Struct, frozen=True):
     claim_hashes: list[bytes] | None
 
 
+class _BatchAtVersion(msgspec.Struct, frozen=True):
+    """_APPEND_BATCH_AT_VERSION's parameters."""
+
+    event_ids: list[str]
+    workspace: str
+    stream_id: str
+    expected: int
+    types: list[str]
+    schema_versions: list[int]
+    data: list[bytes]
+    personal: list[bytes | None]
+    metadata: str
+    new_key: bytes | None
+    claim_kinds: list[str] | None
+    claim_hashes: list[bytes] | None
+
+
+# What ends an append that wrote nothing: LL409 when the stream is elsewhere, else (a repeat)
+# the rows stored the first time.
 _REFUSE_CONFLICT = "SELECT ledger_refuse_conflict(%s, %s, %s, %s::uuid)"
 _APPENDED = """
-SELECT position, transaction_id, version, recorded_at FROM events WHERE event_id = %s::uuid
+SELECT position, transaction_id, version, recorded_at FROM events
+WHERE event_id = ANY (%s::uuid[]) ORDER BY version
 """
 _APPEND_WITH_IDENTITY = """
 SELECT event_position, event_transaction_id, event_version
@@ -288,7 +333,7 @@ class EventStore:
         if conn is not None:
             return await self._append(conn, workspace, spec, metadata)
         async with self.pool.connection() as own:
-            return await self._append(own, workspace, spec, metadata)
+            return await self._append(own, workspace, spec, metadata, own=True)
 
     async def append_many(
         self, workspace: str, appends: Sequence[StreamAppend], metadata: EventMetadata
@@ -303,7 +348,11 @@ class EventStore:
         workspace: str,
         spec: StreamAppend,
         metadata: EventMetadata,
+        *,
+        own: bool = False,
     ) -> AppendResult:
+        """`own`: `conn` is the append's alone (autocommit), so a failed statement ends nothing
+        of the caller's, and a batch may take the plain statement that fails on a conflict."""
         if not spec.events:
             raise ValueError("an append needs at least one event")
         key = spec.key
@@ -319,52 +368,72 @@ class EventStore:
             personal.append(stored.personal)
         new_key = key.wrapped if key is not None and key.is_new else None
         encoded = _encode(metadata).decode()
-        identity = spec.identity
-        moves = identity is not None and (identity.release or identity.claim)
+        identity = spec.identity or IdentityChange()
+        expected = spec.expected_version
+        plain = expected is not None and not identity.release and (len(ids) == 1 or own)
         try:
-            if len(ids) == 1 and spec.expected_version is not None and (
-                identity is None or not identity.release
-            ):
-                kinds, hashes = _key_arrays(identity.claim if identity else ())
-                return await self._append_at_version(conn, _AtVersion(
-                    ids[0], workspace, spec.stream_id, spec.expected_version, types[0],
-                    versions[0], data[0], personal[0], encoded, new_key, kinds, hashes,
-                ))
-            params: tuple = (workspace, spec.stream_id, spec.expected_version,
-                             ids, types, versions, data, personal, encoded, new_key)
-            moved = (
-                (*_key_arrays(identity.release), *_key_arrays(identity.claim))
-                if moves and identity is not None else (None, None, None, None)
+            if plain and expected is not None:
+                kinds, hashes = _key_arrays(identity.claim)
+                append: _AtVersion | _BatchAtVersion = (
+                    _AtVersion(ids[0], workspace, spec.stream_id, expected, types[0],
+                               versions[0], data[0], personal[0], encoded, new_key, kinds,
+                               hashes)
+                    if len(ids) == 1 else
+                    _BatchAtVersion(ids, workspace, spec.stream_id, expected, types, versions,
+                                    data, personal, encoded, new_key, kinds, hashes)
+                )
+                return await self._append_at_version(conn, append, ids)
+            return await self._append_through_function(
+                conn, (workspace, spec.stream_id, expected, ids, types, versions, data,
+                       personal, encoded, new_key), identity,
             )
-            if len(ids) == 1:
-                query = _APPEND_ONE
-                params = (*params[:3], ids[0], types[0], versions[0], data[0], personal[0],
-                          *params[8:], *moved)
-            elif moves:
-                query = _APPEND_WITH_IDENTITY
-                params += moved
-            else:
-                query = _APPEND
-            cur = await conn.execute(query, params)
-            return _appended(spec.stream_id, await cur.fetchall())
         except psycopg.Error as exc:
             raise _append_error(exc, spec) from None
 
     @staticmethod
     async def _append_at_version(
-        conn: psycopg.AsyncConnection, append: _AtVersion
+        conn: psycopg.AsyncConnection, append: _AtVersion | _BatchAtVersion, ids: list[str]
     ) -> AppendResult:
-        cur = await conn.execute(_APPEND_AT_VERSION, msgspec.structs.asdict(append))
-        row = await cur.fetchone()
-        if row is None:
+        query = _APPEND_AT_VERSION if isinstance(append, _AtVersion) else _APPEND_BATCH_AT_VERSION
+        try:
+            cur = await conn.execute(query, msgspec.structs.asdict(append))
+            rows = await cur.fetchall()
+        except psycopg.errors.UniqueViolation:
+            rows = []  # a batch that conflicts or repeats (its statement has no ON CONFLICT)
+        if not rows:
             # Not written: the stream is elsewhere (this raises LL409), or this is a repeat.
             await conn.execute(_REFUSE_CONFLICT, (append.workspace, append.stream_id,
-                                                  append.expected, append.event_id))
-            cur = await conn.execute(_APPENDED, (append.event_id,))
-            row = await cur.fetchone()
-            assert row is not None  # ledger_refuse_conflict found it
-        position, tx, version, recorded_at = row[:4]
-        return AppendResult(append.stream_id, version, [LogPosition(tx, position)], recorded_at)
+                                                  append.expected, ids[0]))
+            cur = await conn.execute(_APPENDED, (ids,))
+            rows = await cur.fetchall()
+        return AppendResult(
+            stream_id=append.stream_id,
+            version=rows[-1][2],
+            positions=[LogPosition(tx, pos) for pos, tx, *_ in rows],
+            recorded_at=rows[-1][3],
+        )
+
+    @staticmethod
+    async def _append_through_function(
+        conn: psycopg.AsyncConnection, params: tuple, identity: IdentityChange
+    ) -> AppendResult:
+        """Any version, identity keys released, or a batch inside the caller's transaction:
+        the PL/pgSQL functions (migrations 0030, 0032)."""
+        moves = bool(identity.release or identity.claim)
+        moved = ((*_key_arrays(identity.release), *_key_arrays(identity.claim)) if moves
+                 else (None, None, None, None))
+        ids = params[3]
+        if len(ids) == 1:
+            query = _APPEND_ONE
+            params = (*params[:3], ids[0], params[4][0], params[5][0], params[6][0],
+                      params[7][0], *params[8:], *moved)
+        elif moves:
+            query = _APPEND_WITH_IDENTITY
+            params += moved
+        else:
+            query = _APPEND
+        cur = await conn.execute(query, params)
+        return _appended(params[1], await cur.fetchall())
 
     async def _key_for_write(
         self, conn: psycopg.AsyncConnection, workspace: str, stream_id: str, expected: int | None

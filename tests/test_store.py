@@ -188,6 +188,29 @@ async def test_a_claim_of_a_taken_key_writes_nothing_and_names_the_owner(store, 
         assert await cur.fetchall() == [("email",), ("phone",)]
 
 
+async def test_a_batch_at_a_version_is_atomic_and_idempotent(store, pool):
+    await store.append("ws", "BA", 0, [NewEvent(created("BA", email="ba@x.co"))], META)
+    batch = [NewEvent(LeadTagged(tag=t)) for t in "xyz"]
+    first = await store.append("ws", "BA", 1, batch, META)
+    assert first.version == 4 and len(first.positions) == 3 and first.recorded_at is not None
+    assert await store.append("ws", "BA", 1, batch, META) == first
+    # a batch whose second version is taken by a concurrent write lands not at all
+    racing = [NewEvent(LeadTagged(tag="r1")), NewEvent(LeadTagged(tag="r2"))]
+    await store.append("ws", "BA", 4, [NewEvent(LeadTagged(tag="winner"))], META)
+    with pytest.raises(ConcurrencyError) as err:
+        await store.append("ws", "BA", 4, racing, META)
+    assert err.value.current == 5
+    # and one that claims a taken key neither
+    taken = IdentityKey("email", b"t" * 32)
+    await store.append("ws", "OTHER", 0, [NewEvent(created("OTHER"))], META,
+                       identity=IdentityChange(claim=[taken]))
+    with pytest.raises(IdentityClaimed):
+        await store.append("ws", "BA", 5, racing, META, identity=IdentityChange(claim=[taken]))
+    stream = await store.read_stream("ws", "BA")
+    assert [r.version for r in stream.events] == [1, 2, 3, 4, 5]
+    assert stream.events[0].event.fields.email == "ba@x.co"
+
+
 async def test_append_many_is_all_or_nothing(store):
     await store.append("ws", "B", 0, [NewEvent(created("B"))], META)
     with pytest.raises(ConcurrencyError):

@@ -251,9 +251,9 @@ class LeadWriter:
         *, written: CommandResult | None = None,
     ) -> WriteResult:
         """The write's result with its times and ledger position. A lead's first write
-        reported them already (one event at version 1: created and updated at once)."""
-        if (written is not None and state.version == 1 and written.position is not None
-                and written.recorded_at is not None):
+        reported them already (all its events, from version 1, recorded at once)."""
+        if (written is not None and written.position is not None
+                and written.recorded_at is not None and state.version == len(written.events)):
             created_at = updated_at = written.recorded_at
             tx, pos = written.position.transaction_id, written.position.position
         else:
