@@ -78,8 +78,12 @@ _ENSURE_CURSOR = """INSERT INTO routing_cursors (workspace, team_id) VALUES (%s,
 ON CONFLICT (workspace, team_id) DO NOTHING"""
 _LOCK_CURSOR = """SELECT next_member FROM routing_cursors WHERE workspace = %s AND team_id = %s
 FOR UPDATE"""
-_MOVE_CURSOR = """UPDATE routing_cursors SET next_member = %s WHERE workspace = %s AND team_id = %s
-RETURNING next_member"""
+# The decision and the team's new cursor in one statement: nothing is stored twice, and the
+# cursor moves only if the decision went in.
+_INSERT_DECISION_MOVING_CURSOR = """WITH decided AS (""" + _INSERT_DECISION + """), moved AS (
+UPDATE routing_cursors SET next_member = %s
+WHERE workspace = %s AND team_id = %s AND EXISTS (SELECT 1 FROM decided))
+SELECT decided_at FROM decided"""
 
 
 class RoutingStore:
@@ -189,34 +193,53 @@ class RoutingStore:
         task_id: str | None, *, exclude: str | None = None,
     ) -> StoredDecision:
         """The decision for `target`, made once per `source_id`: a team's cursor is read, locked
-        and moved in the same transaction as the decision is stored."""
-        async with self.pool.connection() as conn, conn.transaction():
+        and moved in the same transaction as the decision is stored.
+
+        Decisions for one team take turns on its cursor row, so how long the row stays locked
+        bounds the team's decisions per second. In pipeline mode, the decision, the cursor's
+        move and COMMIT go to the server together as soon as the locked cursor is read: the
+        lock is held for one round trip instead of four (at 70 leads/s, decisions waited
+        14.7 ms for the lock on average, and assignment fell seconds behind)."""
+        async with self.pool.connection() as conn:
+            stored = await self._decide(conn, workspace, source_id, lead_id, target, book,
+                                        task_id, exclude)
+            if stored is None:  # another process decided this cause meanwhile: theirs stands
+                stored = await _stored(conn, workspace, source_id)
+                assert stored is not None
+            return stored
+
+    async def _decide(
+        self, conn: psycopg.AsyncConnection, workspace: str, source_id: str, lead_id: str,
+        target: Target, book: RoutingBook, task_id: str | None, exclude: str | None,
+    ) -> StoredDecision | None:
+        async with conn.pipeline(), conn.transaction():
             found = await _stored(conn, workspace, source_id)
             if found is not None:
                 return found
             team = book.team(target.value) if target.kind == TEAM else None
             cursor, loads = 0, {}
             if team is not None:
-                # Decisions for one team take turns on its cursor row: each sees the cursor and
-                # the loads the one before it left.
+                # Each decision sees the cursor and the loads the one before it left.
                 await conn.execute(_ENSURE_CURSOR, (workspace, team.id))
                 cur = await conn.execute(_LOCK_CURSOR, (workspace, team.id))
                 cursor = (await cur.fetchone() or (0,))[0]
                 if needs_loads(team):
-                    loads = await open_loads(conn, workspace, [m.owner for m in team.members])
+                    loads = await open_loads(conn, workspace,
+                                             [m.owner for m in team.members])
             decision, after = settle(target, book, loads, cursor, exclude)
-            cur = await conn.execute(_INSERT_DECISION, (
-                workspace, source_id, lead_id, decision.owner, decision.team, decision.queue,
-                decision.rule_id, decision.rule_name, decision.reason, decision.priority, task_id,
-            ))
-            inserted = await cur.fetchone()
-            if inserted is None:  # another process decided this cause meanwhile: theirs stands
-                stored = await _stored(conn, workspace, source_id)
-                assert stored is not None
-                return stored
+            row = (workspace, source_id, lead_id, decision.owner, decision.team,
+                   decision.queue, decision.rule_id, decision.rule_name, decision.reason,
+                   decision.priority, task_id)
             if team is not None and after != cursor:
-                await conn.execute(_MOVE_CURSOR, (after, workspace, team.id))
-            return StoredDecision(decision=decision, task_id=task_id, decided_at=inserted[0])
+                inserted = await conn.execute(_INSERT_DECISION_MOVING_CURSOR,
+                                              (*row, after, workspace, team.id))
+            else:
+                inserted = await conn.execute(_INSERT_DECISION, row)
+            # COMMIT has gone with the insert; its result is read after.
+        decided = await inserted.fetchone()
+        if decided is None:
+            return None
+        return StoredDecision(decision=decision, task_id=task_id, decided_at=decided[0])
 
 
 async def open_loads(
