@@ -29,6 +29,23 @@ SET transaction_id = excluded.transaction_id, position = excluded.position, upda
 WHERE (c.transaction_id, c.position) < (excluded.transaction_id, excluded.position)
 """
 
+# Compare and advance in one statement, for a reader with no tables to write (a reactor):
+# returns the checkpoint as stored before, locked, so that the caller can tell a reset (stored
+# behind what it expected) from a move it makes; moves it only forward.
+_ADVANCE_FROM = """
+WITH stored AS (
+    SELECT name, transaction_id, position FROM checkpoints WHERE name = %(name)s FOR UPDATE
+), moved AS (
+    UPDATE checkpoints c
+    SET transaction_id = %(tx)s, position = %(pos)s, updated_at = now()
+    FROM stored s
+    WHERE c.name = s.name
+      AND (s.transaction_id, s.position) >= (%(expected_tx)s, %(expected_pos)s)
+      AND (s.transaction_id, s.position) < (%(tx)s, %(pos)s)
+)
+SELECT transaction_id, position FROM stored
+"""
+
 # Only a rebuild sets a checkpoint outright: it has just replaced the read model wholesale.
 _SET = """
 INSERT INTO checkpoints (name, transaction_id, position) VALUES (%s, %s, %s)
@@ -59,6 +76,25 @@ async def advance_checkpoint(
     conn: psycopg.AsyncConnection, name: str, position: LogPosition
 ) -> None:
     await conn.execute(_ADVANCE, (name, position.transaction_id, position.position))
+
+
+async def advance_checkpoint_from(
+    conn: psycopg.AsyncConnection, name: str, expected: LogPosition, position: LogPosition
+) -> LogPosition:
+    """Advances the checkpoint to `position` if it is stored at `expected` or later (and
+    behind `position`), in one statement outside any transaction; returns it as it was stored
+    before (the origin when it never was). A result behind `expected` means someone reset it:
+    nothing was written."""
+    cur = await conn.execute(_ADVANCE_FROM, {
+        "name": name, "tx": position.transaction_id, "pos": position.position,
+        "expected_tx": expected.transaction_id, "expected_pos": expected.position,
+    })
+    row = await cur.fetchone()
+    if row is not None:
+        return LogPosition(row[0], row[1])
+    if expected == LogPosition():  # never written: the first write inserts it
+        await advance_checkpoint(conn, name, position)
+    return LogPosition()
 
 
 async def set_checkpoint(conn: psycopg.AsyncConnection, name: str, position: LogPosition) -> None:

@@ -46,6 +46,7 @@ from processors.providers.firmographics import Firmographics, FirmographicsProvi
 from processors.providers.http import HttpProviders
 from processors.providers.http_configs import EnrichmentConfigs
 from processors.providers.phone import PhoneProvider
+from processors.reactor import FirstReads
 from schema.commands import RecordEnrichment
 from schema.events import (
     FIELD_NAMES,
@@ -142,10 +143,13 @@ class EnrichmentReactor:
     def wants(self, recorded: RecordedEvent) -> bool:
         return trigger_of(recorded.event) is not None
 
-    async def react(self, recorded: RecordedEvent) -> None:
+    async def prepare(self, events: list[RecordedEvent]) -> FirstReads:
+        return await FirstReads.of(self.store, events)
+
+    async def react(self, recorded: RecordedEvent, prepared: FirstReads) -> None:
         workspace, lead_id, source = recorded.workspace, recorded.stream_id, recorded.event
         trigger = trigger_of(source) or "on-demand"
-        stream = await self.store.read_stream(workspace, lead_id)
+        stream = await prepared.stream(self.store, workspace, lead_id)
         state = fold([r.event for r in stream.events], INITIAL)
         if state.status in (None, ERASED, MERGED):
             log.info("enrichment skipped: the lead is gone", workspace=workspace,

@@ -6,8 +6,10 @@ reader of the ledger). A reactor therefore rides on the projection runner (ledge
 the NATS fast path, gap repair from `previous` links, one active holder per lease) but acts
 first and checkpoints after:
 
-  1. a fetched batch is split by lead; leads run concurrently (bounded), each lead's events in
-     ledger order, so a lead's effects keep their order;
+  1. the reactor prepares the batch (`prepare`: what it needs to read for all of the batch's
+     events, read once: the leads' streams, a workspace's webhook endpoints), then the batch is
+     split by lead; leads run concurrently (bounded), each lead's events in ledger order, so a
+     lead's effects keep their order;
   2. each event is retried with bounded exponential backoff and jitter (tenacity); an event that
      still fails is parked in the dead-letter table and the reactor moves on;
   3. then, in one short transaction, the checkpoint advances.
@@ -27,30 +29,55 @@ from __future__ import annotations
 import asyncio
 import zlib
 from collections import defaultdict
-from typing import Protocol
+from typing import Any, Protocol, TypeVar
 
 import psycopg
 import structlog
 from psycopg_pool import AsyncConnectionPool
 from tenacity import AsyncRetrying, stop_after_attempt, wait_exponential_jitter
 
-from ledger.checkpoints import advance_checkpoint, read_checkpoint
-from ledger.store import EventStore, RecordedEvent
+from ledger.checkpoints import advance_checkpoint_from
+from ledger.store import EventStore, RecordedEvent, Stream
 from processors import dead_letters
-from projections.runner import CheckpointMoved, ProjectionRunner, apply_lock_id
+from projections.runner import CheckpointMoved, ProjectionRunner
 from schema.positions import LogPosition
 
 log = structlog.get_logger(__name__)
+Prepared = TypeVar("Prepared")
 
 
-class Reactor(Protocol):
+class Reactor(Protocol[Prepared]):
     """Acts on events. `react` must be idempotent per event id (see the module docstring)."""
 
     name: str
 
     def wants(self, recorded: RecordedEvent) -> bool: ...
 
-    async def react(self, recorded: RecordedEvent) -> None: ...
+    async def prepare(self, events: list[RecordedEvent]) -> Prepared:
+        """What the reactor reads once for a batch of the events it wants, before acting on
+        any of them; handed to `react` with each event of the batch."""
+        ...
+
+    async def react(self, recorded: RecordedEvent, prepared: Prepared) -> None: ...
+
+
+class FirstReads:
+    """Leads' streams read once for a batch (EventStore.read_streams), each handed out once:
+    to the first event of its lead in the batch. A later event of the same lead, or a retry,
+    reads the stream afresh and so sees what was appended since (by this reactor, too)."""
+
+    def __init__(self, streams: dict[tuple[str, str], Stream] | None = None) -> None:
+        self._streams = streams or {}
+
+    @classmethod
+    async def of(cls, store: EventStore, events: list[RecordedEvent]) -> FirstReads:
+        leads = list(dict.fromkeys((e.workspace, e.stream_id) for e in events))
+        return cls(await store.read_streams(leads))
+
+    async def stream(self, store: EventStore, workspace: str, lead_id: str) -> Stream:
+        """The lead's stream: the batch's read the first time, a fresh read after that."""
+        stream = self._streams.pop((workspace, lead_id), None)
+        return stream if stream is not None else await store.read_stream(workspace, lead_id)
 
 
 class Retries:
@@ -89,7 +116,7 @@ class _Checkpointed:
 class ReactorRunner(ProjectionRunner):
     def __init__(
         self,
-        reactor: Reactor,
+        reactor: Reactor[Any],
         store: EventStore,
         pool: AsyncConnectionPool,
         nats_url: str,
@@ -152,15 +179,16 @@ class ReactorRunner(ProjectionRunner):
         for recorded in events:
             by_lead[(recorded.workspace, recorded.stream_id)].append(recorded)
         gate = asyncio.Semaphore(self.concurrency)
+        prepared = await self.reactor.prepare(events)
 
         async def one_lead(lead_events: list[RecordedEvent]) -> None:
             async with gate:
                 for recorded in lead_events:
-                    await self._react(recorded)
+                    await self._react(recorded, prepared)
 
         await asyncio.gather(*(one_lead(chain) for chain in by_lead.values()))
 
-    async def _react(self, recorded: RecordedEvent) -> bool:
+    async def _react(self, recorded: RecordedEvent, prepared: object) -> bool:
         """Runs the reactor on one event with bounded retries; parks it if it keeps failing.
         Returns whether it succeeded."""
         retrying = AsyncRetrying(
@@ -171,7 +199,7 @@ class ReactorRunner(ProjectionRunner):
         try:
             async for attempt in retrying:
                 with attempt:
-                    await self.reactor.react(recorded)
+                    await self.reactor.react(recorded, prepared)
             return True
         except Exception as exc:  # noqa: BLE001 (anything: one bad event must not stall the rest)
             self.parked += 1
@@ -195,7 +223,7 @@ class ReactorRunner(ProjectionRunner):
                 continue
             stream = await self.store.read_stream(letter.workspace, letter.stream_id)
             found = [r for r in stream.events if r.event_id == letter.event_id]
-            if found and await self._react(found[0]):
+            if found and await self._react(found[0], await self.reactor.prepare(found)):
                 async with self.pool.connection() as conn:
                     await dead_letters.set_status(
                         conn, letter.workspace, self.reactor.name, letter.event_id,
@@ -203,16 +231,15 @@ class ReactorRunner(ProjectionRunner):
                     )
 
     async def _advance(self, to: LogPosition) -> LogPosition:
+        # One statement: a reactor has no tables, so there is no rebuild to keep out (the
+        # projections' apply lock) and nothing else to commit with the checkpoint.
         conn: psycopg.AsyncConnection = self.lease.conn
         name = self.projection.name
         expected = self.cursor if self._saved is None else self._saved
         self._saved, self._deferred = None, 0
-        async with conn.transaction():
-            await conn.execute("SELECT pg_advisory_xact_lock(%s)", (apply_lock_id(name),))
-            stored = await read_checkpoint(conn, name, for_update=True)
-            if stored < expected:
-                raise CheckpointMoved(f"{name} is at {stored.token()}, not {expected.token()}")
-            await advance_checkpoint(conn, name, to)
+        stored = await advance_checkpoint_from(conn, name, expected, to)
+        if stored < expected:
+            raise CheckpointMoved(f"{name} is at {stored.token()}, not {expected.token()}")
         return to
 
     async def _hold(self, stop: asyncio.Event) -> None:

@@ -49,6 +49,7 @@ from processors.assignment import (
     target_for,
 )
 from processors.lead_facts import fold_facts
+from processors.reactor import FirstReads
 from processors.routing_store import RoutingStore, StoredDecision
 from schema.commands import AssignLead, LeadCommand, OpenTask, ReassignTask
 from schema.events import (
@@ -214,11 +215,16 @@ class RoutingReactor:
     def wants(self, recorded: RecordedEvent) -> bool:
         return isinstance(recorded.event, (LeadCreated, LeadEnriched, LeadScored))
 
-    async def react(self, recorded: RecordedEvent) -> None:
+    async def prepare(self, events: list[RecordedEvent]) -> FirstReads:
+        """The streams of the batch's leads in workspaces that route (the others: no read)."""
+        routed = {w for w in {e.workspace for e in events} if await self._book(w) is not None}
+        return await FirstReads.of(self.store, [e for e in events if e.workspace in routed])
+
+    async def react(self, recorded: RecordedEvent, prepared: FirstReads) -> None:
         book = await self._book(recorded.workspace)
         if book is None:
             return
-        stream = await self.store.read_stream(recorded.workspace, recorded.stream_id)
+        stream = await prepared.stream(self.store, recorded.workspace, recorded.stream_id)
         facts = fold_facts(stream.events)
         if facts.state.status != ACTIVE:
             return

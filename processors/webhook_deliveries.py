@@ -99,13 +99,18 @@ _COLUMNS = (
     "last_error, last_attempt_at, delivered_at, created_at"
 )
 
+# The senders are woken in the same statement, and only when something new was recorded.
 _RECORD = """
-INSERT INTO webhook_deliveries
-    (workspace, endpoint_id, webhook_id, event_id, event_type, lead_id, lead_version,
-     transaction_id, position, event_at)
-SELECT %s, endpoint_id, webhook_id, %s, event_type, %s, %s, %s, %s, %s
-FROM unnest(%s::text[], %s::text[], %s::text[]) AS n (endpoint_id, webhook_id, event_type)
-ON CONFLICT (workspace, endpoint_id, event_id) DO NOTHING
+WITH recorded AS (
+    INSERT INTO webhook_deliveries
+        (workspace, endpoint_id, webhook_id, event_id, event_type, lead_id, lead_version,
+         transaction_id, position, event_at)
+    SELECT %s, endpoint_id, webhook_id, %s, event_type, %s, %s, %s, %s, %s
+    FROM unnest(%s::text[], %s::text[], %s::text[]) AS n (endpoint_id, webhook_id, event_type)
+    ON CONFLICT (workspace, endpoint_id, event_id) DO NOTHING
+    RETURNING 1
+)
+SELECT pg_notify(%s, '') FROM (SELECT 1 FROM recorded LIMIT 1) AS any_recorded
 """
 
 # Only the oldest pending delivery of each (endpoint, lead) is eligible: a lead's events reach
@@ -135,18 +140,22 @@ RETURNING d.id, d.workspace, d.endpoint_id, e.url, d.webhook_id, d.event_id, d.l
           CASE WHEN e.previous_expires_at > now() THEN e.previous_secret END
 """
 
-_ATTEMPT = """
-INSERT INTO webhook_attempts (workspace, delivery_id, status_code, latency_ms, error, outcome)
-VALUES (%s, %s, %s, %s, %s, %s)
-"""
-
+# The attempt is logged whatever happens; the delivery moves on only while the claim holds.
 _FINISH = """
-UPDATE webhook_deliveries
-SET status = %s, attempts = attempts + 1,
-    next_attempt_at = now() + make_interval(secs => %s), claimed_by = NULL,
-    last_status_code = %s, last_error = %s, last_attempt_at = now(),
-    delivered_at = CASE WHEN %s = 'delivered' THEN now() ELSE delivered_at END
-WHERE id = %s AND claimed_by = %s AND status = 'pending'
+WITH attempt AS (
+    INSERT INTO webhook_attempts (workspace, delivery_id, status_code, latency_ms, error,
+                                  outcome)
+    VALUES (%s, %s, %s, %s, %s, %s)
+), moved AS (
+    UPDATE webhook_deliveries
+    SET status = %s, attempts = attempts + 1,
+        next_attempt_at = now() + make_interval(secs => %s), claimed_by = NULL,
+        last_status_code = %s, last_error = %s, last_attempt_at = now(),
+        delivered_at = CASE WHEN %s = 'delivered' THEN now() ELSE delivered_at END
+    WHERE id = %s AND claimed_by = %s AND status = 'pending'
+    RETURNING 1
+)
+SELECT count(*) FROM moved
 """
 
 _CANCEL_PENDING = """
@@ -211,9 +220,8 @@ async def record(
         recorded.workspace, recorded.event_id, recorded.stream_id, recorded.version,
         recorded.transaction_id, recorded.position, recorded.recorded_at,
         [d.endpoint_id for d in deliveries], [d.webhook_id for d in deliveries],
-        [d.event_type for d in deliveries],
+        [d.event_type for d in deliveries], CHANNEL,
     ))
-    await conn.execute(_NOTIFY, (CHANNEL,))
 
 
 async def claim(
@@ -235,16 +243,14 @@ async def finish(conn: psycopg.AsyncConnection, claimed: Claimed, outcome: Outco
     redelivery, or a lease that ran out), in which case only the attempt is logged."""
     status = {"delivered": DELIVERED, "retry": PENDING}.get(outcome.outcome, FAILED)
     error = outcome.error[:MAX_ERROR_LENGTH] if outcome.error else None
-    async with conn.transaction():
-        await conn.execute(_ATTEMPT, (
-            claimed.workspace, claimed.id, outcome.status_code, outcome.latency_ms, error,
-            outcome.outcome,
-        ))
-        cur = await conn.execute(_FINISH, (
-            status, outcome.retry_in_s or 0.0, outcome.status_code, error, status, claimed.id,
-            claimed.claim,
-        ))
-        return cur.rowcount > 0
+    cur = await conn.execute(_FINISH, (
+        claimed.workspace, claimed.id, outcome.status_code, outcome.latency_ms, error,
+        outcome.outcome,
+        status, outcome.retry_in_s or 0.0, outcome.status_code, error, status, claimed.id,
+        claimed.claim,
+    ))
+    row = await cur.fetchone()
+    return row is not None and row[0] > 0
 
 
 async def cancel_pending(conn: psycopg.AsyncConnection, workspace: str, endpoint_id: str) -> int:

@@ -136,6 +136,10 @@ _PAGE = f"""
 SELECT {_COLUMNS} FROM webhook_endpoints WHERE workspace = %s AND id > %s ORDER BY id LIMIT %s
 """
 _ENABLED = f"SELECT {_COLUMNS} FROM webhook_endpoints WHERE workspace = %s AND enabled"
+_ENABLED_IN_ANY = f"""
+SELECT {_COLUMNS} FROM webhook_endpoints WHERE workspace = ANY(%s) AND enabled
+ORDER BY workspace, created_at, id
+"""
 _UPDATE = f"""
 UPDATE webhook_endpoints SET url = %s, description = %s, event_types = %s, filter = %s,
     updated_at = now()
@@ -215,6 +219,18 @@ class WebhookEndpoints:
         async with self.pool.connection() as conn:
             cur = await conn.execute(_ENABLED, (workspace,))
             return [_endpoint(r) for r in await cur.fetchall()]
+
+    async def enabled_by_workspace(self, workspaces: list[str]) -> dict[str, list[Endpoint]]:
+        """The enabled endpoints of each of `workspaces` (an empty list for one with none)."""
+        found: dict[str, list[Endpoint]] = {w: [] for w in workspaces}
+        if not workspaces:
+            return found
+        async with self.pool.connection() as conn:
+            cur = await conn.execute(_ENABLED_IN_ANY, (workspaces,))
+            for row in await cur.fetchall():
+                endpoint = _endpoint(row)
+                found[endpoint.workspace].append(endpoint)
+        return found
 
     async def update(self, workspace: str, endpoint_id: str, spec: EndpointSpec
                      ) -> Endpoint | None:

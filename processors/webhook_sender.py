@@ -124,19 +124,23 @@ class WebhookSender:
                     self._wake.clear()
                     free = self.options.concurrency - len(in_flight)
                     claimed: list[Claimed] = []
+                    events: dict[str, RecordedEvent] = {}
                     if free > 0:
                         try:
                             async with self.pool.connection() as conn:
                                 claimed = await webhook_deliveries.claim(
                                     conn, free, self.options.lease_s, uuid.uuid4()
                                 )
+                            events = await self.store.read_events(
+                                sorted({c.event_id for c in claimed}))
                         except (psycopg.Error, PoolTimeout, OSError) as exc:
                             # A database blip must not abandon the requests in flight.
                             log.warning("claiming webhook deliveries failed", error=repr(exc))
                             await wait_for_stop(stop, self.rng.uniform(0.5, 1.5))
                             continue
                     for delivery in claimed:
-                        task = asyncio.create_task(self._deliver(client, delivery))
+                        task = asyncio.create_task(
+                            self._deliver(client, delivery, events.get(delivery.event_id)))
                         in_flight.add(task)
                         task.add_done_callback(self._done(in_flight))
                     if claimed and len(claimed) == free:
@@ -183,8 +187,9 @@ class WebhookSender:
                 log.warning("webhook listener lost its connection", error=repr(exc))
                 await wait_for_stop(stop, 2.0 * self.rng.uniform(0.5, 1.5))
 
-    async def _deliver(self, client: httpx.AsyncClient, claimed: Claimed) -> None:
-        outcome = await self._attempt(client, claimed)
+    async def _deliver(self, client: httpx.AsyncClient, claimed: Claimed,
+                       recorded: RecordedEvent | None) -> None:
+        outcome = await self._attempt(client, claimed, recorded)
         async with self.pool.connection() as conn:
             kept = await webhook_deliveries.finish(conn, claimed, outcome)
             if kept and outcome.outcome == "disabled":
@@ -198,10 +203,11 @@ class WebhookSender:
         if outcome.outcome == "delivered":
             self.sent += 1
 
-    async def _attempt(self, client: httpx.AsyncClient, claimed: Claimed) -> Outcome:
+    async def _attempt(self, client: httpx.AsyncClient, claimed: Claimed,
+                       recorded: RecordedEvent | None) -> Outcome:
+        """`recorded`: the delivery's event as read with the claim (None: not in the ledger)."""
         secrets = self.endpoints.open(claimed.workspace, claimed.endpoint_id, claimed.secrets)
-        recorded = await self._event(claimed)
-        if recorded is None:
+        if recorded is None or recorded.workspace != claimed.workspace:
             return Outcome(outcome="failed", error="the event is not in the ledger")
         body = encode_payload(build_payload(recorded))
         try:
@@ -236,12 +242,3 @@ class WebhookSender:
                                 datetime.now(UTC))
         return Outcome(outcome=outcome, status_code=code, latency_ms=latency, error=error,
                        retry_in_s=delay)
-
-    async def _event(self, claimed: Claimed) -> RecordedEvent | None:
-        stream = await self.store.read_stream(
-            claimed.workspace, claimed.lead_id, after_version=claimed.lead_version - 1
-        )
-        for recorded in stream.events[:1]:
-            if recorded.event_id == claimed.event_id:
-                return recorded
-        return None

@@ -1,8 +1,8 @@
 """The "webhooks" reactor: which endpoints get which ledger events.
 
 For every lead event (processors/reactor.py runs it: ledger catch-up, NATS, order per lead,
-bounded retries, dead letters) it looks up the workspace's enabled endpoints and records a
-pending delivery for each one that subscribes to the event's type and whose CEL filter matches
+bounded retries, dead letters) it takes the workspace's enabled endpoints (looked up once per
+batch, for all of the batch's workspaces) and records a pending delivery for each one that subscribes to the event's type and whose CEL filter matches
 the payload. Recording is `INSERT ... ON CONFLICT DO NOTHING` on (endpoint, event): a batch run
 again after a crash records nothing new, so a receiver never sees an event twice because of the
 reactor. Sending is the webhook sender's job (processors/webhook_sender.py), so a slow receiver
@@ -47,8 +47,14 @@ class WebhooksReactor:
     def wants(self, recorded: RecordedEvent) -> bool:
         return is_lead_event(recorded)
 
-    async def react(self, recorded: RecordedEvent) -> None:
-        endpoints = await self.endpoints.enabled_in(recorded.workspace)
+    async def prepare(self, events: list[RecordedEvent]) -> dict[str, list[Endpoint]]:
+        """The enabled endpoints of the batch's workspaces, looked up once for the batch: an
+        endpoint created or disabled meanwhile counts from the next batch, as it would from
+        the next event."""
+        return await self.endpoints.enabled_by_workspace(sorted({e.workspace for e in events}))
+
+    async def react(self, recorded: RecordedEvent, prepared: dict[str, list[Endpoint]]) -> None:
+        endpoints = prepared[recorded.workspace]
         if not endpoints:
             return
         chosen = self.choose(recorded, endpoints)

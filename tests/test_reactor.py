@@ -9,7 +9,7 @@ from collections import defaultdict
 
 from ledger.store import EventStore, NewEvent, RecordedEvent
 from processors import dead_letters
-from processors.reactor import ReactorRunner, Retries, owns, reader_name
+from processors.reactor import FirstReads, ReactorRunner, Retries, owns, reader_name
 from schema.events import LeadCreated, LeadFields, LeadTagged
 from tests.pipeline_support import (
     DUPLICATE_WINDOW_S,
@@ -36,7 +36,11 @@ class Recorder:
     def wants(self, recorded: RecordedEvent) -> bool:
         return isinstance(recorded.event, (LeadCreated, LeadTagged))
 
-    async def react(self, recorded: RecordedEvent) -> None:
+    async def prepare(self, events: list[RecordedEvent]) -> list[str]:
+        return [e.event_id for e in events]
+
+    async def react(self, recorded: RecordedEvent, prepared: list[str]) -> None:
+        assert recorded.event_id in prepared  # prepared for the batch the event is in
         lead = recorded.stream_id
         if lead in self.broken:
             raise RuntimeError(f"cannot handle {lead}")
@@ -170,3 +174,17 @@ async def test_events_it_has_nothing_to_do_with_defer_the_checkpoint_until_idle(
         await store.append("ws-a", "L001", None, [NewEvent(LeadTagged(tag="new"))], META)
         await eventually(lambda: reached(pool, store, reader_name("recorder")), 30, "restart")
     assert later.seen == {"L001": [2]}
+
+
+async def test_a_batch_reads_each_lead_once_and_a_later_look_reads_afresh(store):
+    await write(store, 2, tags=1)
+    batch = (await store.read_stream("ws-a", "L000")).events
+    reads = await FirstReads.of(store, batch + (await store.read_stream("ws-a", "L001")).events)
+    await store.append("ws-a", "L000", 2, [NewEvent(LeadTagged(tag="later"))], META)
+
+    first = await reads.stream(store, "ws-a", "L000")
+    again = await reads.stream(store, "ws-a", "L000")
+
+    assert first.version == 2  # as read for the batch
+    assert again.version == 3 and again.events[-1].event == LeadTagged(tag="later")
+    assert (await reads.stream(store, "ws-a", "L001")).version == 2

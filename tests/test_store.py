@@ -418,3 +418,43 @@ async def test_read_range_splits_the_log_by_stream_up_to_a_bound(store):
     whole = await store.read_range(ORIGIN, until, 1000)
     assert whole[0].redacted and whole[0].event.fields.email == REDACTED
     assert whole == [e for e in await store.read_all(ORIGIN, 1000) if e.log_position <= until]
+
+
+async def test_read_streams_reads_several_leads_in_one_query_as_read_stream_does(store):
+    await store.append("ws", "A", 0, [NewEvent(created("A", email="a@example.com")),
+                                      NewEvent(LeadTagged(tag="x"))], META)
+    await store.append("ws", "B", 0, [NewEvent(created("B", email="b@example.com"))], META)
+    await store.append("other", "A", 0, [NewEvent(created("A", company="Elsewhere"))], META)
+    assert await store.destroy_key("ws", "B")
+
+    streams = await store.read_streams([("ws", "A"), ("ws", "B"), ("ws", "nobody"),
+                                        ("other", "A")])
+
+    assert set(streams) == {("ws", "A"), ("ws", "B"), ("other", "A")}  # no events: left out
+    for (workspace, lead), stream in streams.items():
+        alone = await store.read_stream(workspace, lead)
+        assert stream.version == alone.version
+        assert [(r.event_id, r.event, r.redacted) for r in stream.events] == [
+            (r.event_id, r.event, r.redacted) for r in alone.events]
+    assert streams[("ws", "A")].events[0].event.fields.email == "a@example.com"
+    assert streams[("ws", "B")].events[0].redacted  # its key destroyed: redacted, no error
+    assert streams[("other", "A")].events[0].event.fields.company == "Elsewhere"
+    assert await store.read_streams([]) == {}
+
+
+async def test_read_events_finds_events_by_id_decrypted(store):
+    first = await store.append("ws", "A", 0, [NewEvent(created("A", email="a@example.com"))],
+                               META)
+    await store.append("ws", "B", 0, [NewEvent(created("B")), NewEvent(LeadTagged(tag="y"))],
+                       META)
+    stream_a = await store.read_stream("ws", "A")
+    stream_b = await store.read_stream("ws", "B")
+    wanted = [stream_a.events[0].event_id, stream_b.events[1].event_id, str(uuid.uuid4())]
+
+    found = await store.read_events(wanted)
+
+    assert set(found) == set(wanted[:2])  # an unknown id is left out
+    assert found[wanted[0]].event.fields.email == "a@example.com"
+    assert found[wanted[0]].log_position == first.last
+    assert found[wanted[1]].event == LeadTagged(tag="y")
+    assert await store.read_events([]) == {}
