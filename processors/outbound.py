@@ -8,6 +8,10 @@ never followed: a public URL could redirect to a private one.
 
 The check resolves the host and the client then resolves it again; a DNS answer that changes in
 between (rebinding) is a residual risk we accept and note here rather than hide.
+
+The client is aiohttp's: measured against httpx on this project's machines, a POST cost about
+0.25 ms of the sender's CPU instead of 1.8–2.4 ms, and the webhook sender and the enrichment
+providers are the processing plane's only HTTP clients.
 """
 
 from __future__ import annotations
@@ -17,9 +21,11 @@ import ipaddress
 import socket
 import time
 from collections.abc import Sequence
+from typing import Self
 from urllib.parse import urlsplit
 
-import httpx
+import aiohttp
+import msgspec
 import psycopg
 from psycopg_pool import AsyncConnectionPool
 
@@ -114,10 +120,57 @@ class OutboundGuard:
                 raise BlockedDestination(f"{parts.hostname}: {reason}")
 
 
-def outbound_client(timeout_s: float) -> httpx.AsyncClient:
-    """A client that never follows redirects and sends no ambient credentials (no env proxies,
-    no netrc)."""
-    return httpx.AsyncClient(
-        timeout=timeout_s, follow_redirects=False, trust_env=False,
-        headers={"user-agent": "leadledger"},
-    )
+class OutboundResponse(msgspec.Struct, frozen=True):
+    status: int
+    body: bytes
+    retry_after: str | None = None
+
+
+class OutboundFailed(Exception):
+    """No answer: the connection failed or the request timed out. The message names the kind
+    of failure only (a library's message may quote the URL, which can carry personal data)."""
+
+
+class OutboundClient:
+    """HTTP for the processing plane: never follows redirects (a public URL could redirect to a
+    private one), sends no ambient credentials (no proxies or netrc from the environment) and
+    keeps no cookies (one receiver's cookie must never reach another), and keeps connections
+    alive between requests. Open it with `async with`, or let the first request open it."""
+
+    def __init__(self, timeout_s: float) -> None:
+        self.timeout_s = timeout_s
+        self._session: aiohttp.ClientSession | None = None
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        await self.close()
+
+    async def post(self, url: str, body: bytes, headers: dict[str, str]) -> OutboundResponse:
+        return await self._request("POST", url, body, headers)
+
+    async def get(self, url: str, headers: dict[str, str]) -> OutboundResponse:
+        return await self._request("GET", url, None, headers)
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    async def _request(self, method: str, url: str, body: bytes | None,
+                       headers: dict[str, str]) -> OutboundResponse:
+        if self._session is None:
+            self._session = aiohttp.ClientSession(
+                timeout=aiohttp.ClientTimeout(total=self.timeout_s), trust_env=False,
+                cookie_jar=aiohttp.DummyCookieJar(), headers={"user-agent": "leadledger"},
+            )
+        try:
+            async with self._session.request(method, url, data=body, headers=headers,
+                                             allow_redirects=False) as response:
+                return OutboundResponse(response.status, await response.read(),
+                                        response.headers.get("retry-after"))
+        except TimeoutError:
+            raise OutboundFailed("timed out") from None
+        except aiohttp.ClientError as exc:
+            raise OutboundFailed(type(exc).__name__) from None

@@ -33,7 +33,6 @@ import time
 import uuid
 from datetime import UTC, datetime
 
-import httpx
 import psycopg
 import structlog
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
@@ -43,7 +42,7 @@ from ledger.crypto import Keyring
 from ledger.lease import pool_conninfo, wait_for_stop
 from ledger.store import EventStore, RecordedEvent
 from processors import webhook_deliveries
-from processors.outbound import BlockedDestination, OutboundGuard, outbound_client
+from processors.outbound import BlockedDestination, OutboundClient, OutboundFailed, OutboundGuard
 from processors.webhook_deliveries import Claimed, Outcome
 from processors.webhook_endpoints import SigningSecrets, WebhookEndpoints
 from processors.webhook_events import (
@@ -119,7 +118,7 @@ class WebhookSender:
         listener = asyncio.create_task(self._listen(stop))
         in_flight: set[asyncio.Task[None]] = set()
         try:
-            async with outbound_client(self.options.timeout_s) as client:
+            async with OutboundClient(self.options.timeout_s) as client:
                 while not stop.is_set():
                     self._wake.clear()
                     free = self.options.concurrency - len(in_flight)
@@ -187,7 +186,7 @@ class WebhookSender:
                 log.warning("webhook listener lost its connection", error=repr(exc))
                 await wait_for_stop(stop, 2.0 * self.rng.uniform(0.5, 1.5))
 
-    async def _deliver(self, client: httpx.AsyncClient, claimed: Claimed,
+    async def _deliver(self, client: OutboundClient, claimed: Claimed,
                        recorded: RecordedEvent | None) -> None:
         outcome = await self._attempt(client, claimed, recorded)
         async with self.pool.connection() as conn:
@@ -203,7 +202,7 @@ class WebhookSender:
         if outcome.outcome == "delivered":
             self.sent += 1
 
-    async def _attempt(self, client: httpx.AsyncClient, claimed: Claimed,
+    async def _attempt(self, client: OutboundClient, claimed: Claimed,
                        recorded: RecordedEvent | None) -> Outcome:
         """`recorded`: the delivery's event as read with the claim (None: not in the ledger)."""
         secrets = self.endpoints.open(claimed.workspace, claimed.endpoint_id, claimed.secrets)
@@ -223,18 +222,17 @@ class WebhookSender:
         }
         started = time.perf_counter()
         try:
-            response = await client.post(claimed.url, content=body, headers=headers)
-        except httpx.HTTPError as exc:
+            response = await client.post(claimed.url, body, headers)
+        except OutboundFailed as exc:
             latency = (time.perf_counter() - started) * 1000
-            return self._retry_or_fail(claimed, None, None, f"{type(exc).__name__}: {exc}",
-                                       latency)
+            return self._retry_or_fail(claimed, None, None, f"no answer: {exc}", latency)
         latency = (time.perf_counter() - started) * 1000
-        code = response.status_code
+        code = response.status
         if 200 <= code < 300:
             return Outcome(outcome="delivered", status_code=code, latency_ms=latency)
-        error = f"HTTP {code}: {response.text[:MAX_BODY_IN_ERROR]}".rstrip(": ")
-        return self._retry_or_fail(claimed, code, response.headers.get("retry-after"), error,
-                                   latency)
+        text = response.body[:MAX_BODY_IN_ERROR].decode(errors="replace")
+        error = f"HTTP {code}: {text}".rstrip(": ")
+        return self._retry_or_fail(claimed, code, response.retry_after, error, latency)
 
     def _retry_or_fail(self, claimed: Claimed, code: int | None, retry_after: str | None,
                        error: str, latency: float | None = None) -> Outcome:

@@ -4,9 +4,18 @@ allow-lists a network; and /v1/outbound/allowlist sets that list (admin only).""
 from __future__ import annotations
 
 import pytest
+from pytest_httpserver import HTTPServer
+from werkzeug import Request, Response
 from litestar.testing import TestClient
 
-from processors.outbound import BlockedDestination, OutboundGuard, blocked_reason, parse_networks
+from processors.outbound import (
+    BlockedDestination,
+    OutboundClient,
+    OutboundFailed,
+    OutboundGuard,
+    blocked_reason,
+    parse_networks,
+)
 from tests.http_support import *
 from tests.http_support import Keys, auth
 
@@ -63,3 +72,30 @@ def test_allowlist_over_http(tc: TestClient, keys: Keys) -> None:
     assert tc.put("/v1/outbound/allowlist", json={"networks": []},
                   headers=auth(keys.sales)).status_code == 403
     assert tc.get("/v1/outbound/allowlist", headers=auth(keys.other)).status_code == 403
+
+
+async def test_the_client_never_follows_redirects_nor_keeps_cookies(httpserver: HTTPServer):
+    httpserver.expect_request("/hook").respond_with_response(Response(
+        "moved", status=302, headers={"location": httpserver.url_for("/private"),
+                                      "set-cookie": "session=secret; Path=/"}))
+    seen: list[str | None] = []
+
+    def record_cookie(request: Request) -> Response:
+        seen.append(request.headers.get("cookie"))
+        return Response("ok", status=503, headers={"retry-after": "7"})
+
+    httpserver.expect_request("/other").respond_with_handler(record_cookie)
+    async with OutboundClient(timeout_s=5) as client:
+        moved = await client.post(httpserver.url_for("/hook"), b"{}", {})
+        other = await client.get(httpserver.url_for("/other"), {})
+    assert moved.status == 302 and moved.body == b"moved"  # answered as is, not followed
+    assert [r.path for r, _ in httpserver.log] == ["/hook", "/other"]
+    assert seen == [None]  # the first answer's cookie was not sent on
+    assert other.status == 503 and other.retry_after == "7"
+
+
+async def test_no_answer_is_a_failure_that_names_no_url():
+    async with OutboundClient(timeout_s=2) as client:
+        with pytest.raises(OutboundFailed) as failed:
+            await client.get("http://127.0.0.1:9/lead?email=ada@example.com", {})
+    assert "ada@example.com" not in str(failed.value)

@@ -17,7 +17,6 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-import httpx
 import msgspec
 import structlog
 from tenacity import (
@@ -27,7 +26,7 @@ from tenacity import (
     wait_exponential_jitter,
 )
 
-from processors.outbound import BlockedDestination, OutboundGuard, outbound_client
+from processors.outbound import BlockedDestination, OutboundClient, OutboundFailed, OutboundGuard
 from processors.providers import (
     Clock,
     Finding,
@@ -70,7 +69,7 @@ class HttpProvider:
         self._headers = (
             {config.auth_header: secret} if config.auth_header and secret is not None else {}
         )
-        self._client: httpx.AsyncClient | None = None
+        self._client = OutboundClient(config.timeout_s)
 
     async def enrich(self, workspace: str, snapshot: LeadSnapshot) -> Finding:
         url = expand_url(self.config.url, snapshot)
@@ -88,10 +87,9 @@ class HttpProvider:
                                   f"{self.breaker.failures} consecutive failures")
         try:
             document = await self._fetch(url)
-        except (Retryable, Unusable, httpx.HTTPError) as exc:
+        except (Retryable, Unusable) as exc:
             self.breaker.failed()
-            # httpx's own messages may quote the URL, which carries personal data.
-            error = str(exc) if isinstance(exc, (Retryable, Unusable)) else type(exc).__name__
+            error = str(exc)  # never a library's message: it may quote the URL (personal data)
             log.warning("enrichment provider failed", provider=self.name, workspace=workspace,
                         error=error, breaker=self.breaker.state)
             raise ProviderFailed(self.name, error) from None
@@ -116,30 +114,26 @@ class HttpProvider:
 
     async def _once(self, url: str) -> Any:
         await self.bucket.take()
-        if self._client is None:
-            self._client = outbound_client(self.config.timeout_s)
         try:
-            response = await self._client.get(url, headers=self._headers)
-        except (httpx.TimeoutException, httpx.TransportError) as exc:
-            raise Retryable(f"{type(exc).__name__} calling the provider") from None
-        status = response.status_code
+            response = await self._client.get(url, self._headers)
+        except OutboundFailed as exc:
+            raise Retryable(f"no answer from the provider ({exc})") from None
+        status = response.status
         if status == 429 or status >= 500:
             raise Retryable(f"the provider answered {status}")
         if status == 404:
             return None
         if status >= 300:
             raise Unusable(f"the provider answered {status}")
-        if len(response.content) > MAX_BODY_BYTES:
+        if len(response.body) > MAX_BODY_BYTES:
             raise Unusable("the answer is larger than 1 MB")
         try:
-            return msgspec.json.decode(response.content)
+            return msgspec.json.decode(response.body)
         except msgspec.DecodeError:
             raise Unusable("the answer is not JSON") from None
 
     async def close(self) -> None:
-        if self._client is not None:
-            await self._client.aclose()
-            self._client = None
+        await self._client.close()
 
 
 class HttpProviders:
