@@ -504,16 +504,21 @@ class EventStore:
         return Stream(stream_id, events[-1].version if events else after_version, events, key)
 
     async def read_streams(
-        self, subjects: Sequence[tuple[str, str]]
+        self, subjects: Sequence[tuple[str, str]], *, conn: psycopg.AsyncConnection | None = None
     ) -> dict[tuple[str, str], Stream]:
         """Whole streams of (workspace, stream id) pairs in one query; a stream with no events
-        is left out (read it with read_stream, which also finds its key)."""
+        is left out (read it with read_stream, which also finds its key). With `conn`, reads
+        inside the caller's transaction."""
         if not subjects:
             return {}
-        workspaces, ids = [w for w, _ in subjects], [s for _, s in subjects]
-        async with self.pool.connection() as conn:
-            cur = await conn.execute(_READ_STREAMS, (workspaces, ids), binary=True)
+        params = ([w for w, _ in subjects], [s for _, s in subjects])
+        if conn is not None:
+            cur = await conn.execute(_READ_STREAMS, params, binary=True)
             rows = await cur.fetchall()
+        else:
+            async with self.pool.connection() as own:
+                cur = await own.execute(_READ_STREAMS, params, binary=True)
+                rows = await cur.fetchall()
         grouped: dict[tuple[str, str], list[tuple]] = {}
         for row in rows:
             grouped.setdefault((row[3], row[4]), []).append(row)

@@ -44,7 +44,7 @@ from processors.providers import Finding, Provider, ProviderFailed, snapshot_of
 from processors.providers.email_domain import EmailDomainProvider
 from processors.providers.firmographics import Firmographics, FirmographicsProvider
 from processors.providers.http import HttpProviders
-from processors.providers.http_configs import EnrichmentConfigs
+from processors.providers.http_configs import EnrichmentConfigs, ProviderWithSecret
 from processors.providers.phone import PhoneProvider
 from processors.reactor import FirstReads
 from schema.commands import RecordEnrichment
@@ -124,6 +124,17 @@ def enrichment_command(
     )
 
 
+class EnrichmentBatch:
+    """What the reactor reads once for a batch: the leads' streams, and each workspace's
+    provider configurations and overwrite setting (a change counts from the next batch)."""
+
+    def __init__(self, reads: FirstReads, configured: dict[str, list[ProviderWithSecret]],
+                 overwrite: dict[str, bool]) -> None:
+        self.reads = reads
+        self.configured = configured
+        self.overwrite = overwrite
+
+
 class EnrichmentReactor:
     name = NAME
 
@@ -143,19 +154,24 @@ class EnrichmentReactor:
     def wants(self, recorded: RecordedEvent) -> bool:
         return trigger_of(recorded.event) is not None
 
-    async def prepare(self, events: list[RecordedEvent]) -> FirstReads:
-        return await FirstReads.of(self.store, events)
+    async def prepare(self, events: list[RecordedEvent]) -> EnrichmentBatch:
+        workspaces = sorted({e.workspace for e in events})
+        return EnrichmentBatch(
+            await FirstReads.of(self.store, events),
+            {w: await self.configs.enabled(w) for w in workspaces},
+            {w: await self.configs.overwrite(w) for w in workspaces},
+        )
 
-    async def react(self, recorded: RecordedEvent, prepared: FirstReads) -> None:
+    async def react(self, recorded: RecordedEvent, prepared: EnrichmentBatch) -> None:
         workspace, lead_id, source = recorded.workspace, recorded.stream_id, recorded.event
         trigger = trigger_of(source) or "on-demand"
-        stream = await prepared.stream(self.store, workspace, lead_id)
+        stream = await prepared.reads.stream(self.store, workspace, lead_id)
         state = fold([r.event for r in stream.events], INITIAL)
         if state.status in (None, ERASED, MERGED):
             log.info("enrichment skipped: the lead is gone", workspace=workspace,
                      lead_id=lead_id, status=state.status)
             return
-        providers = await self._providers(workspace, source)
+        providers = await self._providers(workspace, source, prepared.configured[workspace])
         done = {r.event_id for r in stream.events}
         pending = [p for p in providers
                    if enrichment_event_id(recorded.event_id, p.name) not in done]
@@ -163,7 +179,7 @@ class EnrichmentReactor:
         results = await asyncio.gather(
             *(p.enrich(workspace, snapshot) for p in pending), return_exceptions=True
         )
-        overwrite = await self.configs.overwrite(workspace)
+        overwrite = prepared.overwrite[workspace]
         vocabularies = (await self.quality.load(workspace)).vocabularies
         failures: list[BaseException] = []
         found: list[tuple[str, RecordEnrichment]] = []
@@ -182,8 +198,8 @@ class EnrichmentReactor:
         if failures:
             raise EnrichmentIncomplete("; ".join(str(f) for f in failures))
 
-    async def _providers(self, workspace: str, source: Event) -> list[Provider]:
-        configured = await self.configs.enabled(workspace)
+    async def _providers(self, workspace: str, source: Event,
+                         configured: list[ProviderWithSecret]) -> list[Provider]:
         providers: list[Provider] = [*self.builtins, *await self.http.current(workspace,
                                                                               configured)]
         if isinstance(source, LeadEnrichmentRequested) and source.providers:

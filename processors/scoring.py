@@ -36,7 +36,7 @@ from ledger.lead import fold
 from ledger.lead_commands import LeadCommands
 from ledger.relay import CHANNEL
 from ledger.scoring_models import ModelVersion, ScoringModels
-from ledger.store import EventStore, RecordedEvent
+from ledger.store import EventStore, RecordedEvent, Stream
 from processors.lead_facts import fold_facts
 from processors.rules import CompiledModel, compile_model, digest, score_lead
 from schema.commands import RecordScore
@@ -135,12 +135,14 @@ class ScoringProcessor:
             if not isinstance(recorded.event, NOT_CAUSES):
                 causes[(recorded.workspace, recorded.stream_id)] = recorded
         active: dict[str, ModelVersion | None] = {}
-        for (workspace, lead_id), cause in causes.items():
-            if workspace not in active:
-                active[workspace] = await self.models.active(workspace, conn=conn, lock=True)
-            model = active[workspace]
-            if model is not None:
-                await self._score(conn, model, cause)
+        for workspace in sorted({w for w, _ in causes}):
+            active[workspace] = await self.models.active(workspace, conn=conn, lock=True)
+        scored = [key for key in causes if active[key[0]] is not None]
+        streams = await self.store.read_streams(scored, conn=conn)  # one read for the batch
+        for key in scored:
+            model = active[key[0]]
+            assert model is not None
+            await self._score(conn, model, causes[key], streams.get(key))
         if causes:
             # This transaction held the gap-safe horizon back while it scored: writes that
             # committed meanwhile were announced to the relay before it could read them, and
@@ -149,10 +151,11 @@ class ScoringProcessor:
             await conn.execute("SELECT pg_notify(%s, '')", (CHANNEL,))
 
     async def _score(
-        self, conn: psycopg.AsyncConnection, model: ModelVersion, cause: RecordedEvent
+        self, conn: psycopg.AsyncConnection, model: ModelVersion, cause: RecordedEvent,
+        stream: Stream | None,
     ) -> None:
-        stream = await self.store.read_stream(cause.workspace, cause.stream_id, conn=conn)
-        if not stream.events or isinstance(stream.events[-1].event, GONE):
+        """`stream`: the lead as the batch read it, in this transaction (None: no events)."""
+        if stream is None or not stream.events or isinstance(stream.events[-1].event, GONE):
             return
         # The lead as of its cause, at the cause's time: later events score on their own turn.
         upto = [r for r in stream.events if r.version <= cause.version]
