@@ -5,10 +5,19 @@ A workspace routes leads only once it has a `routing_settings` row: saving any p
 creates it. Decisions are stored by the id of what caused them (an event, or an overdue task),
 in the same transaction that reads and moves the team's cursor: a re-run of the same cause gets
 the stored decision back and never advances a rotation twice.
+
+Decisions for one team take turns on its cursor row, so how long the row stays locked bounds the
+team's decisions per second. Within a process, decisions for the same team that arrive while
+one is being made wait and are then made together (group commit): one transaction locks the
+cursor once, settles them in arrival order (each seeing the cursor and loads the one before
+left) and stores them with the cursor's move in one statement. bench_pipeline measured the row
+lock's mean wait at 47 ms per decision at 30 leads/s on a saturated 2-core machine when each
+decision took the lock on its own.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from datetime import datetime
 
@@ -78,17 +87,45 @@ _ENSURE_CURSOR = """INSERT INTO routing_cursors (workspace, team_id) VALUES (%s,
 ON CONFLICT (workspace, team_id) DO NOTHING"""
 _LOCK_CURSOR = """SELECT next_member FROM routing_cursors WHERE workspace = %s AND team_id = %s
 FOR UPDATE"""
-# The decision and the team's new cursor in one statement: nothing is stored twice, and the
-# cursor moves only if the decision went in.
-_INSERT_DECISION_MOVING_CURSOR = """WITH decided AS (""" + _INSERT_DECISION + """), moved AS (
-UPDATE routing_cursors SET next_member = %s
-WHERE workspace = %s AND team_id = %s AND EXISTS (SELECT 1 FROM decided))
-SELECT decided_at FROM decided"""
+
+
+# A group's decisions and the team's new cursor in one statement: the cursor moves only if a
+# decision went in.
+_INSERT_DECISIONS_MOVING_CURSOR = """
+WITH decided AS (
+    INSERT INTO routing_decisions (workspace, source_id, lead_id, owner, team, queue, rule_id,
+                                   rule_name, reason, priority, task_id)
+    SELECT %s, * FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[], %s::text[],
+                             %s::text[], %s::text[], %s::text[], %s::text[], %s::text[])
+    ON CONFLICT (workspace, source_id) DO NOTHING
+    RETURNING source_id, decided_at
+), moved AS (
+    UPDATE routing_cursors SET next_member = %s
+    WHERE workspace = %s AND team_id = %s AND EXISTS (SELECT 1 FROM decided)
+)
+SELECT source_id, decided_at FROM decided
+"""
+_STORED_MANY = """SELECT source_id, owner, team, queue, rule_id, rule_name, reason, priority,
+task_id, decided_at FROM routing_decisions WHERE workspace = %s AND source_id = ANY(%s)"""
+
+
+class _Asked(msgspec.Struct, frozen=True):
+    """One decision waiting for its team's next group."""
+
+    source_id: str
+    lead_id: str
+    target: Target
+    book: RoutingBook
+    task_id: str | None
+    exclude: str | None
+    answer: asyncio.Future[StoredDecision]
 
 
 class RoutingStore:
     def __init__(self, pool: AsyncConnectionPool) -> None:
         self.pool = pool
+        self._waiting: dict[tuple[str, str], list[_Asked]] = {}
+        self._groups: dict[tuple[str, str], asyncio.Task[None]] = {}
 
     # -- the book ------------------------------------------------------------------------------
 
@@ -193,13 +230,17 @@ class RoutingStore:
         task_id: str | None, *, exclude: str | None = None,
     ) -> StoredDecision:
         """The decision for `target`, made once per `source_id`: a team's cursor is read, locked
-        and moved in the same transaction as the decision is stored.
-
-        Decisions for one team take turns on its cursor row, so how long the row stays locked
-        bounds the team's decisions per second. In pipeline mode, the decision, the cursor's
-        move and COMMIT go to the server together as soon as the locked cursor is read: the
-        lock is held for one round trip instead of four (at 70 leads/s, decisions waited
-        14.7 ms for the lock on average, and assignment fell seconds behind)."""
+        and moved in the same transaction as the decision is stored (with the other decisions
+        for the team waiting at the time: see the module docstring)."""
+        team = book.team(target.value) if target.kind == TEAM else None
+        if team is not None:
+            key = (workspace, team.id)
+            answer: asyncio.Future[StoredDecision] = asyncio.get_running_loop().create_future()
+            self._waiting.setdefault(key, []).append(
+                _Asked(source_id, lead_id, target, book, task_id, exclude, answer))
+            if key not in self._groups:
+                self._groups[key] = asyncio.create_task(self._take_turns(key))
+            return await answer
         async with self.pool.connection() as conn:
             stored = await self._decide(conn, workspace, source_id, lead_id, target, book,
                                         task_id, exclude)
@@ -212,34 +253,113 @@ class RoutingStore:
         self, conn: psycopg.AsyncConnection, workspace: str, source_id: str, lead_id: str,
         target: Target, book: RoutingBook, task_id: str | None, exclude: str | None,
     ) -> StoredDecision | None:
+        """A decision that moves no cursor (an owner, a queue, a team that does not exist)."""
         async with conn.pipeline(), conn.transaction():
             found = await _stored(conn, workspace, source_id)
             if found is not None:
                 return found
-            team = book.team(target.value) if target.kind == TEAM else None
-            cursor, loads = 0, {}
-            if team is not None:
-                # Each decision sees the cursor and the loads the one before it left.
-                await conn.execute(_ENSURE_CURSOR, (workspace, team.id))
-                cur = await conn.execute(_LOCK_CURSOR, (workspace, team.id))
-                cursor = (await cur.fetchone() or (0,))[0]
-                if needs_loads(team):
-                    loads = await open_loads(conn, workspace,
-                                             [m.owner for m in team.members])
-            decision, after = settle(target, book, loads, cursor, exclude)
-            row = (workspace, source_id, lead_id, decision.owner, decision.team,
-                   decision.queue, decision.rule_id, decision.rule_name, decision.reason,
-                   decision.priority, task_id)
-            if team is not None and after != cursor:
-                inserted = await conn.execute(_INSERT_DECISION_MOVING_CURSOR,
-                                              (*row, after, workspace, team.id))
-            else:
-                inserted = await conn.execute(_INSERT_DECISION, row)
+            decision, _ = settle(target, book, {}, 0, exclude)
+            inserted = await conn.execute(_INSERT_DECISION, (
+                workspace, source_id, lead_id, decision.owner, decision.team, decision.queue,
+                decision.rule_id, decision.rule_name, decision.reason, decision.priority,
+                task_id))
             # COMMIT has gone with the insert; its result is read after.
         decided = await inserted.fetchone()
         if decided is None:
             return None
         return StoredDecision(decision=decision, task_id=task_id, decided_at=decided[0])
+
+    async def _take_turns(self, key: tuple[str, str]) -> None:
+        """Makes the team's waiting decisions, a group at a time, until none wait."""
+        try:
+            while asked := self._waiting.pop(key, None):
+                try:
+                    decided = await self._decide_group(key[0], key[1], asked)
+                except Exception as exc:  # noqa: BLE001 (each caller gets it, and retries)
+                    for one in asked:
+                        if not one.answer.done():
+                            one.answer.set_exception(exc)
+                    continue
+                for one in asked:
+                    if one.answer.done():
+                        continue
+                    stored = decided.get(one.source_id)
+                    if stored is None:  # cannot happen: stored, or found stored by another
+                        one.answer.set_exception(LookupError(f"no decision for {one.source_id}"))
+                    else:
+                        one.answer.set_result(stored)
+        finally:
+            # No await since the last pop found nothing: a decision asked for now starts anew.
+            del self._groups[key]
+
+    async def _decide_group(
+        self, workspace: str, team_id: str, asked: list[_Asked]
+    ) -> dict[str, StoredDecision]:
+        sources = list(dict.fromkeys(a.source_id for a in asked))
+        async with self.pool.connection() as conn:
+            async with conn.pipeline(), conn.transaction():
+                found = await _stored_many(conn, workspace, sources)
+                new = [a for a in asked if a.source_id not in found]
+                if new:
+                    await conn.execute(_ENSURE_CURSOR, (workspace, team_id))
+                    cur = await conn.execute(_LOCK_CURSOR, (workspace, team_id))
+                    first = (await cur.fetchone() or (0,))[0]
+                    rows, cursor, made = await self._settle_all(conn, workspace, team_id,
+                                                                new, first)
+                    inserted = await conn.execute(_INSERT_DECISIONS_MOVING_CURSOR, (
+                        workspace, *rows, cursor, workspace, team_id))
+                # COMMIT has gone with the insert; its result is read after.
+            if new:
+                for source_id, decided_at in await inserted.fetchall():
+                    decision, task_id = made[source_id]
+                    found[source_id] = StoredDecision(decision=decision, task_id=task_id,
+                                                      decided_at=decided_at)
+            missing = [s for s in sources if s not in found]
+            if missing:  # decided by another process meanwhile: theirs stands
+                found.update(await _stored_many(conn, workspace, missing))
+        return found
+
+    async def _settle_all(
+        self, conn: psycopg.AsyncConnection, workspace: str, team_id: str, asked: list[_Asked],
+        cursor: int,
+    ) -> tuple[list[list[str | None]], int, dict[str, tuple[Decision, str | None]]]:
+        """Each new decision in turn, from the locked cursor: the rows to insert (one list per
+        column), the cursor after the last, and each decision by its source."""
+        loads: dict[str, int] = {}
+        teams = [a.book.team(team_id) for a in asked]
+        if any(t is not None and needs_loads(t) for t in teams):
+            owners = {m.owner for t in teams if t is not None for m in t.members}
+            loads = await open_loads(conn, workspace, sorted(owners))
+        columns: list[list[str | None]] = [[] for _ in range(10)]
+        made: dict[str, tuple[Decision, str | None]] = {}
+        for one in asked:
+            if one.source_id in made:  # the same cause asked twice at once: decided once
+                continue
+            decision, cursor = settle(one.target, one.book, loads, cursor, one.exclude)
+            if decision.owner is not None and one.task_id is not None:
+                loads[decision.owner] = loads.get(decision.owner, 0) + 1
+            made[one.source_id] = (decision, one.task_id)
+            for column, value in zip(columns, (
+                one.source_id, one.lead_id, decision.owner, decision.team, decision.queue,
+                decision.rule_id, decision.rule_name, decision.reason, decision.priority,
+                one.task_id), strict=True):
+                column.append(value)
+        return columns, cursor, made
+
+
+async def _stored_many(
+    conn: psycopg.AsyncConnection, workspace: str, source_ids: list[str]
+) -> dict[str, StoredDecision]:
+    cur = await conn.execute(_STORED_MANY, (workspace, source_ids))
+    found = {}
+    for source_id, owner, team, queue, rule_id, rule_name, reason, priority, task_id, \
+            decided_at in await cur.fetchall():
+        found[source_id] = StoredDecision(
+            decision=Decision(owner=owner, team=team, queue=queue, rule_id=rule_id,
+                              rule_name=rule_name, reason=reason, priority=priority),
+            task_id=task_id, decided_at=decided_at,
+        )
+    return found
 
 
 async def open_loads(
