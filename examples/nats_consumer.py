@@ -23,7 +23,6 @@ import json
 import sys
 
 import nats
-from nats.errors import TimeoutError as FetchTimeout
 from nats.js.api import AckPolicy, ConsumerConfig
 
 
@@ -57,7 +56,7 @@ async def consume(args: argparse.Namespace) -> int:
             want = min(100, args.max - handled) if args.max else 100
             try:
                 messages = await sub.fetch(batch=want, timeout=1.0)
-            except FetchTimeout:
+            except TimeoutError:  # nats-py raises its own subclass, or asyncio's under load
                 idle += 1.0
                 if args.idle_exit and idle >= args.idle_exit:
                     break
