@@ -37,11 +37,15 @@ def _local_part(email: str | None) -> str:
     return email.rsplit("@", 1)[0].lower().split("+", 1)[0] if email and "@" in email else ""
 
 
-def score_pair(a: Person, b: Person) -> Match:
+def score_pair(a: Person, b: Person, cutoff: float = 0.0) -> Match:
+    """The pair's best rule. Every rule scores at most the names' similarity, so a pair whose
+    names are less similar than `cutoff` scores 0 without the other fields being compared."""
     name_a, name_b = _name(a), _name(b)
     if not name_a or not name_b:
         return Match(b.lead_id, 0.0, ())
-    name = fuzz.token_sort_ratio(name_a, name_b)
+    name = fuzz.token_sort_ratio(name_a, name_b, score_cutoff=cutoff)
+    if cutoff > 0 and name == 0.0:  # below the cutoff (rapidfuzz answers 0)
+        return Match(b.lead_id, 0.0, ())
     rules: list[tuple[float, tuple[str, ...]]] = []
     if a.company and b.company:
         company = fuzz.ratio(company_match_key(a.company), company_match_key(b.company))
@@ -61,5 +65,6 @@ def likely_duplicates(
     person: Person, candidates: list[Person], threshold: float = 88.0
 ) -> list[Match]:
     """Candidates at or above the threshold, best first (never the person itself)."""
-    found = [score_pair(person, c) for c in candidates if c.lead_id != person.lead_id]
+    found = [score_pair(person, c, threshold) for c in candidates
+             if c.lead_id != person.lead_id]
     return sorted((m for m in found if m.score >= threshold), key=lambda m: -m.score)
