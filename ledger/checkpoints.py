@@ -18,7 +18,6 @@ RELAY = "relay"
 """The relay's checkpoint: the last event whose PubAck it holds."""
 
 _READ = "SELECT transaction_id, position FROM checkpoints WHERE name = %s"
-_READ_FOR_UPDATE = _READ + " FOR UPDATE"
 
 # Checkpoints only move forward: a reader that lost its lease and writes late (or a replayed
 # batch) can never take another reader's progress back.
@@ -62,12 +61,9 @@ class Checkpoint(msgspec.Struct, frozen=True):
     updated_at: datetime
 
 
-async def read_checkpoint(
-    conn: psycopg.AsyncConnection, name: str, *, for_update: bool = False
-) -> LogPosition:
-    """The named reader's position; the origin when it never ran. `for_update` (inside a
-    transaction) holds the row until commit, serializing writers of the same checkpoint."""
-    cur = await conn.execute(_READ_FOR_UPDATE if for_update else _READ, (name,))
+async def read_checkpoint(conn: psycopg.AsyncConnection, name: str) -> LogPosition:
+    """The named reader's position; the origin when it never ran."""
+    cur = await conn.execute(_READ, (name,))
     row = await cur.fetchone()
     return LogPosition(row[0], row[1]) if row else LogPosition()
 

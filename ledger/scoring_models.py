@@ -150,8 +150,16 @@ class ScoringModels:
     ) -> ModelVersion | None:
         """The workspace's active model version; None when it has none. `lock` (in the
         caller's transaction) keeps it active until that transaction ends: an activation waits
-        for it, so a score computed with this model never lands after the next model's."""
-        return await self._one(conn, _ACTIVE + (" FOR SHARE" if lock else ""), (workspace,))
+        for it, so a score computed with this model never lands after the next model's.
+
+        The lock is the activation lock taken shared, not a row lock: a row lock would give
+        the caller's transaction an id at once, holding back the ledger's gap-safe readers for
+        all of it (processors/scoring.py reads and scores before it writes)."""
+        if lock:
+            assert conn is not None, "a lock needs the caller's transaction"
+            await conn.execute("SELECT pg_advisory_xact_lock_shared(%s)",
+                               (_activation_lock(workspace),))
+        return await self._one(conn, _ACTIVE, (workspace,))
 
     async def activate(
         self, workspace: str, model_id: str, version: int, activated_by: str, *,
@@ -173,8 +181,7 @@ class ScoringModels:
     ) -> tuple[ModelVersion, bool]:
         # One activation per workspace at a time: the retire and the activate must not
         # interleave with another pair (the unique index would refuse the second activate).
-        await conn.execute("SELECT pg_advisory_xact_lock(%s)",
-                           (lock_id(f"scoring-activate:{workspace}"),))
+        await conn.execute("SELECT pg_advisory_xact_lock(%s)", (_activation_lock(workspace),))
         target = await self._one(conn, _GET_VERSION, (workspace, model_id, version))
         if target is None:
             raise ModelNotFound(f"no version {version} of scoring model {model_id!r}")
@@ -195,3 +202,8 @@ class ScoringModels:
         cur = await conn.execute(query, params)
         row = await cur.fetchone()
         return _row(row) if row else None
+
+
+def _activation_lock(workspace: str) -> int:
+    """Held exclusively by an activation, shared by the scorers of the workspace's leads."""
+    return lock_id(f"scoring-activate:{workspace}")

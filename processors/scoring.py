@@ -105,6 +105,16 @@ class CompiledModels:
         return found
 
 
+class _ScoreWrite(msgspec.Struct, frozen=True):
+    """A score decided for a lead, waiting for the batch's writes."""
+
+    cause: RecordedEvent
+    stream: Stream
+    command: RecordScore
+    metadata: EventMetadata
+    event_id: str
+
+
 class ScoringProcessor:
     """The projection the runner feeds; `tables` is empty (its output is events)."""
 
@@ -139,10 +149,17 @@ class ScoringProcessor:
             active[workspace] = await self.models.active(workspace, conn=conn, lock=True)
         scored = [key for key in causes if active[key[0]] is not None]
         streams = await self.store.read_streams(scored, conn=conn)  # one read for the batch
+        # Every score first, then every write: the transaction gets its id (and starts holding
+        # back the ledger's gap-safe readers) at its first write, not before the scoring.
+        writes = []
         for key in scored:
             model = active[key[0]]
             assert model is not None
-            await self._score(conn, model, causes[key], streams.get(key))
+            write = self._score(model, causes[key], streams.get(key))
+            if write is not None:
+                writes.append(write)
+        for write in writes:
+            await self._write(conn, write)
         if causes:
             # This transaction held the gap-safe horizon back while it scored: writes that
             # committed meanwhile were announced to the relay before it could read them, and
@@ -150,13 +167,13 @@ class ScoringProcessor:
             # instead of at its next poll (a second later).
             await conn.execute("SELECT pg_notify(%s, '')", (CHANNEL,))
 
-    async def _score(
-        self, conn: psycopg.AsyncConnection, model: ModelVersion, cause: RecordedEvent,
-        stream: Stream | None,
-    ) -> None:
-        """`stream`: the lead as the batch read it, in this transaction (None: no events)."""
+    def _score(
+        self, model: ModelVersion, cause: RecordedEvent, stream: Stream | None
+    ) -> _ScoreWrite | None:
+        """The LeadScored to append for `cause`, if the score changed. `stream`: the lead as
+        the batch read it, in this transaction (None: no events)."""
         if stream is None or not stream.events or isinstance(stream.events[-1].event, GONE):
-            return
+            return None
         # The lead as of its cause, at the cause's time: later events score on their own turn.
         upto = [r for r in stream.events if r.version <= cause.version]
         try:
@@ -166,21 +183,26 @@ class ScoringProcessor:
             # must not stop every other lead's scoring. Logged loudly, the lead keeps its score.
             log.exception("scoring a lead failed", workspace=cause.workspace,
                           lead_id=cause.stream_id, model=model.label, cause=cause.event_id)
-            return
+            return None
         command = score_command(model, result, cause.event_id, cause.event.event_type)
         if command.digest == fold([r.event for r in stream.events]).score_digest:
-            return  # unchanged: what the decider would conclude, without reading the stream again
+            return None  # unchanged: what the decider would conclude, without another read
         meta = cause.metadata
         metadata = EventMetadata(
             actor=ACTOR, source=SOURCE, causation_id=cause.event_id,
             correlation_id=meta.correlation_id or meta.request_id,
         )
         event_id = score_event_id(cause.event_id, model.model_id, model.version)
+        return _ScoreWrite(cause, stream, command, metadata, event_id)
+
+    async def _write(self, conn: psycopg.AsyncConnection, write: _ScoreWrite) -> None:
+        cause = write.cause
         for round_ in range(ROUNDS):
             try:
                 outcome = await self.commands.execute(
-                    cause.workspace, cause.stream_id, command, metadata, event_ids=[event_id],
-                    conn=conn, known=stream if round_ == 0 else None,
+                    cause.workspace, cause.stream_id, write.command, write.metadata,
+                    event_ids=[write.event_id], conn=conn,
+                    known=write.stream if round_ == 0 else None,
                 )
                 self.scored += len(outcome.events)
                 return

@@ -73,10 +73,16 @@ async def apply_batch(
     expected: LogPosition,
 ) -> LogPosition:
     """Applies `events` (contiguous in ledger order after `expected`) and advances the
-    checkpoint, in one transaction. Returns the checkpoint now stored."""
+    checkpoint, in one transaction. Returns the checkpoint now stored.
+
+    The apply lock alone serializes the batches of one projection and its rebuild's swap: the
+    checkpoint is read without a row lock, because a row lock gives the transaction an id at
+    once, and every transaction with an id holds back the gap-safe horizon of every reader of
+    the ledger (the relay first) until it ends. Without it, the transaction gets its id at its
+    first write, so the reads and the folding before it hold nothing back."""
     async with conn.transaction():
         await conn.execute("SELECT pg_advisory_xact_lock(%s)", (apply_lock_id(projection.name),))
-        stored = await read_checkpoint(conn, projection.name, for_update=True)
+        stored = await read_checkpoint(conn, projection.name)
         if stored < expected:
             raise CheckpointMoved(
                 f"{projection.name} is at {stored.token()}, not {expected.token()}"

@@ -4,6 +4,7 @@ role gate, workspace isolation)."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 from typing import Any
 
@@ -109,6 +110,29 @@ async def test_activation_keeps_one_active_model_per_workspace(pool: AsyncConnec
     assert rolled_back.status == ACTIVE and (await models.active("acme")).version == 1
     with pytest.raises(ModelNotFound):
         await models.activate("acme", "inbound", 9, "admin-key")
+
+
+async def test_a_scorer_holds_off_activation_without_holding_back_the_ledger(
+    pool: AsyncConnectionPool,
+) -> None:
+    """A scorer's lock keeps its model active until the scorer's transaction ends (the next
+    activation waits), and gives that transaction no id: gap-safe readers of the ledger are not
+    held back while it reads and scores."""
+    models = ScoringModels(pool)
+    await models.save("lockco", "inbound", SPEC, "k")
+    await models.save("lockco", "inbound", SPEC, "k")
+    await models.activate("lockco", "inbound", 1, "k")
+    async with pool.connection() as scorer, scorer.transaction():
+        held = await models.active("lockco", conn=scorer, lock=True)
+        assert held is not None and held.version == 1
+        cur = await scorer.execute("SELECT pg_current_xact_id_if_assigned()")
+        assert (await cur.fetchone())[0] is None
+        activation = asyncio.create_task(models.activate("lockco", "inbound", 2, "k"))
+        await asyncio.sleep(0.5)
+        assert not activation.done()  # waits for the scorer
+    second, changed = await asyncio.wait_for(activation, 10)
+    assert changed and second.version == 2
+    assert (await models.active("lockco")).version == 2
 
 
 async def test_attribute_definitions_are_kept_with_the_version(pool: AsyncConnectionPool) -> None:
