@@ -31,10 +31,24 @@ from tenacity import (
 )
 
 from ledger import identity
-from ledger.errors import ConcurrencyError, DuplicateLead, IdentityClaimed, LeadNotFound
+from ledger.errors import (
+    ConcurrencyError,
+    DomainError,
+    DuplicateLead,
+    IdentityClaimed,
+    LeadNotFound,
+)
 from ledger.identity import IdentityClaim, IdentityHasher, IdentityKey
 from ledger.lead import ACTIVE, ARCHIVED, INITIAL, LeadState, decide, fold
-from ledger.store import AppendResult, EventStore, IdentityChange, NewEvent, Stream, StreamAppend
+from ledger.store import (
+    AppendResult,
+    EventStore,
+    IdentityChange,
+    NewEvent,
+    OneEvent,
+    Stream,
+    StreamAppend,
+)
 from schema.commands import (
     AbsorbLead,
     CreateLead,
@@ -62,6 +76,16 @@ class CommandResult(msgspec.Struct, frozen=True):
     """Ledger position of the write; None when the command changed nothing."""
     recorded_at: datetime | None = None
     """When the write was recorded, where the append reported it."""
+
+
+class Planned(msgspec.Struct, frozen=True):
+    """A command for one lead, decided on the stream the caller read (LeadCommands.execute_each)."""
+
+    lead_id: str
+    command: LeadCommand
+    metadata: EventMetadata
+    event_id: str
+    known: Stream
 
 
 class LeadCommands:
@@ -134,6 +158,40 @@ class LeadCommands:
                     known=known if attempt.retry_state.attempt_number == 1 else None,
                 )
         raise AssertionError("unreachable")
+
+    async def execute_each(
+        self, workspace: str, planned: Sequence[Planned], *, conn: psycopg.AsyncConnection
+    ) -> list[CommandResult | None]:
+        """Commands for several leads, each decided on the stream its caller read and all
+        appended in one statement inside the caller's transaction (a processor's batch). A
+        result per command, in order; None for one that did not land in that statement (its
+        lead moved on since it was read, the event is a repeat, the decider refused it, or it
+        needs more than one plain event): run it with `execute`, which settles each case."""
+        results: list[CommandResult | None] = [None] * len(planned)
+        ready: list[tuple[int, LeadState, list[Event], OneEvent]] = []
+        for index, item in enumerate(planned):
+            state = fold([r.event for r in item.known.events], INITIAL)
+            try:
+                events = decide(state, item.command)
+            except DomainError:
+                continue
+            if not events:
+                results[index] = CommandResult(item.lead_id, state, [], None)
+                continue
+            release, claim = self._identity_change(state, fold(events, state))
+            if len(events) != 1 or release or claim or (
+                    events[0].personal and item.known.key is None):
+                continue
+            ready.append((index, state, events, OneEvent(
+                item.lead_id, state.version, NewEvent(events[0], item.event_id), item.metadata,
+                item.known.key)))
+        landed = await self.store.append_each(workspace, [one for *_, one in ready], conn=conn)
+        for index, state, events, one in ready:
+            appended = landed.get(one.stream_id)
+            if appended is not None:
+                results[index] = CommandResult(one.stream_id, fold(events, state), events,
+                                               appended.last, appended.recorded_at)
+        return results
 
     async def merge(
         self, workspace: str, survivor_id: str, absorbed_id: str, metadata: EventMetadata

@@ -167,6 +167,61 @@ WITH appended AS (
 """ + _AFTER_APPEND
 
 
+# One event for each of several streams, each at its known version (a processor's batch: the
+# scoring processor's LeadScored for every lead it scored). Only events that need no new subject
+# key and change no identity keys. A conflict or a repeat inserts nothing for that stream (ON
+# CONFLICT) and the rest still land: the caller retries those on the usual path, which tells a
+# conflict from a repeat.
+_APPEND_EACH_AT_VERSION = """
+WITH appended AS (
+    INSERT INTO events (event_id, workspace, stream_id, version, event_type, schema_version,
+                        data, personal, metadata)
+    SELECT u.id, %(workspace)b::text, u.sid, u.expected + 1, u.t, u.sv, u.d, u.p, u.m::jsonb
+    FROM unnest(%(event_ids)b::uuid[], %(stream_ids)b::text[], %(expected)b::integer[],
+                %(types)b::text[], %(schema_versions)b::smallint[], %(data)b::bytea[],
+                %(personal)b::bytea[], %(metadata)b::text[])
+         AS u(id, sid, expected, t, sv, d, p, m)
+    WHERE u.expected = 0 OR EXISTS (
+        SELECT 1 FROM events e
+        WHERE e.workspace = %(workspace)b::text AND e.stream_id = u.sid
+          AND e.version = u.expected
+    )
+    ON CONFLICT DO NOTHING
+    RETURNING event_id::text, position, transaction_id, version, recorded_at
+)
+SELECT event_id, position, transaction_id, version, recorded_at
+FROM appended, LATERAL (
+    SELECT CASE WHEN pg_try_advisory_xact_lock(7853, 1)
+                THEN pg_notify('leadledger_events', '') END
+) AS woke
+"""
+
+
+class _EachAtVersion(msgspec.Struct, frozen=True):
+    """_APPEND_EACH_AT_VERSION's parameters."""
+
+    workspace: str
+    event_ids: list[str]
+    stream_ids: list[str]
+    expected: list[int]
+    types: list[str]
+    schema_versions: list[int]
+    data: list[bytes]
+    personal: list[bytes | None]
+    metadata: list[str]
+
+
+class OneEvent(msgspec.Struct, frozen=True):
+    """One event for one stream at a known version, for EventStore.append_each."""
+
+    stream_id: str
+    expected_version: int
+    event: NewEvent
+    metadata: EventMetadata
+    key: DataKey | None = None
+    """The stream's key, as read with the stream (needed when the event is personal)."""
+
+
 class _AtVersion(msgspec.Struct, frozen=True):
     """_APPEND_AT_VERSION's parameters."""
 
@@ -357,6 +412,41 @@ class EventStore:
         """Appends to several streams atomically: all of them or none."""
         async with self.pool.connection() as conn, conn.transaction():
             return [await self._append(conn, workspace, spec, metadata) for spec in appends]
+
+    async def append_each(
+        self, workspace: str, appends: Sequence[OneEvent], *, conn: psycopg.AsyncConnection
+    ) -> dict[str, AppendResult]:
+        """One event for each of several streams in one statement, inside the caller's
+        transaction; never raises for a conflict or a repeat. Returns what landed, by stream;
+        an append missing from it wrote nothing (its stream moved on, or it is a repeat): use
+        `append` for it. A personal event needs its stream's key (`OneEvent.key`)."""
+        if not appends:
+            return {}
+        columns = _EachAtVersion(workspace, [], [], [], [], [], [], [], [])
+        for one in appends:
+            if one.event.event.personal and one.key is None:
+                raise ValueError(f"{one.stream_id}: a personal event needs the stream's key")
+            stored = to_stored(one.event.event, one.key,
+                               event_aad(workspace, one.stream_id, one.event.event_id))
+            columns.event_ids.append(one.event.event_id)
+            columns.stream_ids.append(one.stream_id)
+            columns.expected.append(one.expected_version)
+            columns.types.append(stored.event_type)
+            columns.schema_versions.append(stored.schema_version)
+            columns.data.append(stored.data)
+            columns.personal.append(stored.personal)
+            columns.metadata.append(_encode(one.metadata).decode())
+        cur = await conn.execute(_APPEND_EACH_AT_VERSION, msgspec.structs.asdict(columns))
+        landed = {event_id: row for event_id, *row in await cur.fetchall()}
+        results = {}
+        for one in appends:
+            row = landed.get(one.event.event_id)
+            if row is not None:
+                position, tx, version, recorded_at = row
+                results[one.stream_id] = AppendResult(
+                    stream_id=one.stream_id, version=version,
+                    positions=[LogPosition(tx, position)], recorded_at=recorded_at)
+        return results
 
     async def _append(
         self,

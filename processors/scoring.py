@@ -33,7 +33,7 @@ import structlog
 
 from ledger.errors import ConcurrencyError, LeadGone, LeadNotFound
 from ledger.lead import fold
-from ledger.lead_commands import LeadCommands
+from ledger.lead_commands import LeadCommands, Planned
 from ledger.relay import CHANNEL
 from ledger.scoring_models import ModelVersion, ScoringModels
 from ledger.store import EventStore, RecordedEvent, Stream
@@ -158,8 +158,7 @@ class ScoringProcessor:
             write = self._score(model, causes[key], streams.get(key))
             if write is not None:
                 writes.append(write)
-        for write in writes:
-            await self._write(conn, write)
+        await self._write_all(conn, writes)
         if causes:
             # This transaction held the gap-safe horizon back while it scored: writes that
             # committed meanwhile were announced to the relay before it could read them, and
@@ -194,6 +193,23 @@ class ScoringProcessor:
         )
         event_id = score_event_id(cause.event_id, model.model_id, model.version)
         return _ScoreWrite(cause, stream, command, metadata, event_id)
+
+    async def _write_all(self, conn: psycopg.AsyncConnection, writes: list[_ScoreWrite]) -> None:
+        """Every workspace's scores in one statement; any that did not land there (its lead
+        moved on since the batch read it, or a repeat after a crash) one by one."""
+        by_workspace: dict[str, list[_ScoreWrite]] = {}
+        for write in writes:
+            by_workspace.setdefault(write.cause.workspace, []).append(write)
+        for workspace, group in by_workspace.items():
+            results = await self.commands.execute_each(workspace, [
+                Planned(w.cause.stream_id, w.command, w.metadata, w.event_id, w.stream)
+                for w in group
+            ], conn=conn)
+            for write, result in zip(group, results, strict=True):
+                if result is None:
+                    await self._write(conn, write)
+                else:
+                    self.scored += len(result.events)
 
     async def _write(self, conn: psycopg.AsyncConnection, write: _ScoreWrite) -> None:
         cause = write.cause

@@ -11,9 +11,10 @@ import pytest
 
 from ledger.crypto import parse_master_key
 from ledger.identity import IdentityHasher
-from ledger.lead_commands import LeadCommands
-from schema.commands import CreateLead, RecordEnrichment
-from schema.events import EnrichmentValue, LeadEnriched, LeadFields
+from ledger.lead_commands import LeadCommands, Planned
+from ledger.store import NewEvent
+from schema.commands import CreateLead, RecordEnrichment, RecordScore
+from schema.events import EnrichmentValue, LeadEnriched, LeadFields, LeadTagged
 from schema.metadata import Actor, EventMetadata
 
 META = EventMetadata(actor=Actor(key_id="k", role="admin"), source="processor")
@@ -65,3 +66,41 @@ async def test_a_stream_the_caller_read_is_used_and_a_stale_one_only_costs_a_ret
     second = await commands.execute("ws", "L2", TagLead(tag="stale"), META, known=read)
     assert second.state.version == 3 and second.state.tags == ("fresh", "stale")
     assert [r.version for r in (await store.read_stream("ws", "L2")).events] == [1, 2, 3]
+
+
+def score(value: float, digest: str) -> RecordScore:
+    return RecordScore(model_id="m", model_version=1, score=value, band="warm", digest=digest)
+
+
+async def test_commands_for_several_leads_land_in_one_write_and_the_rest_are_told_apart(
+    commands, store, pool
+):
+    for lead in ("A", "B", "C"):
+        await commands.execute("ws", lead, CreateLead(
+            lead_id=lead, fields=LeadFields(email=f"{lead.lower()}@example.com"),
+            stage="lead"), META)
+    known = {lead: await store.read_stream("ws", lead) for lead in ("A", "B", "C")}
+    await store.append("ws", "B", known["B"].version, [NewEvent(LeadTagged(tag="moved-on"))],
+                       META)  # B moves on after it was read
+    repeat_id = str(uuid.uuid4())
+    first = await commands.execute("ws", "C", score(10, "c1"), META, event_ids=[repeat_id])
+    planned = [
+        Planned("A", score(42, "a1"), META, str(uuid.uuid4()), known["A"]),
+        Planned("B", score(7, "b1"), META, str(uuid.uuid4()), known["B"]),
+        Planned("C", score(10, "c1"), META, repeat_id, known["C"]),  # read before its score
+    ]
+    async with pool.connection() as conn, conn.transaction():
+        results = await commands.execute_each("ws", planned, conn=conn)
+        await conn.execute("SELECT 1")  # the transaction is still usable
+
+    landed, moved, repeated = results
+    assert landed is not None and landed.state.score == 42
+    assert landed.state.version == known["A"].version + 1
+    assert moved is None and repeated is None  # for `execute`, which settles each
+    a = await store.read_stream("ws", "A")
+    assert a.version == known["A"].version + 1 and a.events[-1].event.score == 42
+    assert a.events[-1].log_position == landed.position
+    assert (await store.read_stream("ws", "B")).version == known["B"].version + 1  # its tag
+    assert (await store.read_stream("ws", "C")).version == first.state.version
+    c_ids = [r.event_id for r in (await store.read_stream("ws", "C")).events]
+    assert c_ids.count(repeat_id) == 1  # the repeat wrote nothing

@@ -16,7 +16,7 @@ import pytest
 from ledger.errors import ConcurrencyError, IdentityClaimed
 from ledger.identity import IdentityClaim, IdentityKey
 from ledger.mapper import REDACTED
-from ledger.store import IdentityChange, NewEvent, StreamAppend
+from ledger.store import IdentityChange, NewEvent, OneEvent, StreamAppend
 from schema.events import LeadCreated, LeadFields, LeadFieldsChanged, LeadNoteAdded, LeadTagged
 from schema.metadata import Actor, EventMetadata
 from schema.positions import ORIGIN, LogPosition
@@ -458,3 +458,17 @@ async def test_read_events_finds_events_by_id_decrypted(store):
     assert found[wanted[0]].log_position == first.last
     assert found[wanted[1]].event == LeadTagged(tag="y")
     assert await store.read_events([]) == {}
+
+
+async def test_append_each_encrypts_with_the_streams_key_and_needs_it(store, pool):
+    await store.append("ws", "P", 0, [NewEvent(created("P", email="p@example.com"))], META)
+    stream = await store.read_stream("ws", "P")
+    note = NewEvent(LeadNoteAdded(note_id="n1", text="call after 5pm"))
+    with pytest.raises(ValueError, match="needs the stream's key"):
+        async with pool.connection() as conn:
+            await store.append_each("ws", [OneEvent("P", stream.version, note, META)], conn=conn)
+    async with pool.connection() as conn:
+        landed = await store.append_each(
+            "ws", [OneEvent("P", stream.version, note, META, stream.key)], conn=conn)
+    assert landed["P"].version == stream.version + 1
+    assert (await store.read_stream("ws", "P")).events[-1].event.text == "call after 5pm"
