@@ -298,12 +298,15 @@ class RoutingStore:
         sources = list(dict.fromkeys(a.source_id for a in asked))
         async with self.pool.connection() as conn:
             async with conn.pipeline(), conn.transaction():
+                # The stored decisions are read under the cursor's lock: a decision another
+                # process stored for one of these causes is seen, never decided (and the
+                # cursor moved) a second time.
+                await conn.execute(_ENSURE_CURSOR, (workspace, team_id))
+                cur = await conn.execute(_LOCK_CURSOR, (workspace, team_id))
                 found = await _stored_many(conn, workspace, sources)
+                first = (await cur.fetchone() or (0,))[0]
                 new = [a for a in asked if a.source_id not in found]
                 if new:
-                    await conn.execute(_ENSURE_CURSOR, (workspace, team_id))
-                    cur = await conn.execute(_LOCK_CURSOR, (workspace, team_id))
-                    first = (await cur.fetchone() or (0,))[0]
                     rows, cursor, made = await self._settle_all(conn, workspace, team_id,
                                                                 new, first)
                     inserted = await conn.execute(_INSERT_DECISIONS_MOVING_CURSOR, (
