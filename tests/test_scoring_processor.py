@@ -238,6 +238,9 @@ def test_activation_rescores_existing_leads_in_the_background(
         response = tc.post("/v1/leads", json=lead_body(100 + n, country="DE" if n % 2 else "GB"),
                            headers=auth(keys.sales))
         ids.append(response.json()["id"])
+    # Leads the scoring processor has seen with no active model: only the job scores them (a
+    # lead the processor reaches after the activation is scored by it, with its own cause).
+    eventually(lambda: caught_up(infra, "scoring"), what="the scoring processor")
     job = activate(tc, keys, wait=False)["job"]
     assert job["status"] == "running" and job["total"] <= 25
 
