@@ -602,13 +602,7 @@ class EventStore:
         if not subjects:
             return {}
         params = ([w for w, _ in subjects], [s for _, s in subjects])
-        if conn is not None:
-            cur = await conn.execute(_READ_STREAMS, params, binary=True)
-            rows = await cur.fetchall()
-        else:
-            async with self.pool.connection() as own:
-                cur = await own.execute(_READ_STREAMS, params, binary=True)
-                rows = await cur.fetchall()
+        rows = await self._rows(_READ_STREAMS, params, conn)
         grouped: dict[tuple[str, str], list[tuple]] = {}
         for row in rows:
             grouped.setdefault((row[3], row[4]), []).append(row)
@@ -624,9 +618,7 @@ class EventStore:
         """Events by id, in one query (an id not in the ledger is left out)."""
         if not event_ids:
             return {}
-        async with self.pool.connection() as conn:
-            cur = await conn.execute(_READ_EVENTS, (list(event_ids),), binary=True)
-            rows = await cur.fetchall()
+        rows = await self._rows(_READ_EVENTS, (list(event_ids),), None)
         return {row[2]: self._record(row) for row in rows}
 
     async def read_all(
@@ -643,14 +635,18 @@ class EventStore:
         else:
             query = _READ_ALL_WORKSPACE
             params = (workspace, after.transaction_id, after.position, limit)
+        return [self._record(row) for row in await self._rows(query, params, conn)]
+
+    async def _rows(
+        self, query: str, params: tuple, conn: psycopg.AsyncConnection | None
+    ) -> list[tuple]:
+        """A read's rows (binary), on `conn` (inside the caller's transaction) or a pooled one."""
         if conn is not None:
             cur = await conn.execute(query, params, binary=True)
-            rows = await cur.fetchall()
-        else:
-            async with self.pool.connection() as own:
-                cur = await own.execute(query, params, binary=True)
-                rows = await cur.fetchall()
-        return [self._record(row) for row in rows]
+            return await cur.fetchall()
+        async with self.pool.connection() as own:
+            cur = await own.execute(query, params, binary=True)
+            return await cur.fetchall()
 
     async def read_range(
         self,
