@@ -14,6 +14,14 @@ from rapidfuzz import fuzz
 from ledger.normalize import company_match_key
 
 
+NAME_SIMILARITY = 0.45
+"""The trigram similarity (pg_trgm's, 0-1) of two whole names below which a lead is not even a
+candidate (projections/candidates.py). Chosen with bench/bench_dedup.py: at 0.45 every true
+pair of its corpus is still a candidate, with one candidate per record on average where the
+last-name match at pg_trgm's default 0.3 gave eleven and missed 2% of the pairs; at 0.5 a few
+pairs (typos in short names) drop out."""
+
+
 class Person(msgspec.Struct, frozen=True, kw_only=True):
     lead_id: str
     first_name: str | None = None
@@ -31,6 +39,12 @@ class Match(msgspec.Struct, frozen=True):
 
 def _name(p: Person) -> str:
     return " ".join(x for x in (p.first_name, p.last_name) if x).lower()
+
+
+def full_name(p: Person) -> str:
+    """The name the candidate index holds: "first last", lowercased, either part maybe empty
+    ("" when both are)."""
+    return f"{p.first_name or ''} {p.last_name or ''}".lower().strip()
 
 
 def _local_part(email: str | None) -> str:

@@ -141,6 +141,11 @@ def test_validation_errors_name_each_field(tc: TestClient, keys: Keys) -> None:
         keys.sales, **{"content-type": "application/x-www-form-urlencoded"}))
     assert_problem(form, 415, "unsupported-media-type")
 
+    # Some clients (aiohttp) label an empty body application/octet-stream: no body, no 415.
+    empty = tc.post("/v1/leads", content=b"", headers=auth(
+        keys.sales, **{"content-type": "application/octet-stream"}))
+    assert_problem(empty, 422, "validation-failed")
+
     bad_limit = tc.get("/v1/leads?limit=5000", headers=auth(keys.sales))
     assert_problem(bad_limit, 422, "validation-failed")
 

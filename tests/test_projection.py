@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 
 import msgspec
+import pytest
 import nats
 
 from ledger.checkpoints import read_checkpoint
@@ -244,3 +245,32 @@ async def test_run_workers_runs_the_relay_and_every_projection(infra, store):
         await asyncio.wait_for(workers, 30)
         await runtime.close()
     assert await read_model(store.pool) == await fresh_fold(store)
+
+
+async def test_a_backlog_is_fetched_in_whole_batches(infra, store, pool):
+    """A consumer that fell behind takes what the stream holds for it a batch at a time, not
+    one or two messages per round trip: under load that is what lets it catch up."""
+    from schema.envelope import stream_subjects
+
+    runner = make_runner(infra, store, pool, batch_size=40)
+    nc = await nats.connect(infra.nats_url)
+    try:
+        js = nc.jetstream()
+        psub = await runner.subscribe(js)  # creates the stream and the durable consumer
+        subject = stream_subjects(infra.subject_prefix).replace(">", "ws.lead.L1.Test")
+        for n in range(100):
+            await js.publish(subject, str(n).encode())
+        fetch = psub.fetch
+
+        async def loaded(batch: int = 1, timeout: float | None = 5.0, **kw):
+            # A busy machine: each round trip to the server takes 20 ms of the fetch's time.
+            await asyncio.sleep(0.02)
+            return await fetch(batch, timeout=max((timeout or 5.0) - 0.02, 0.001), **kw)
+
+        psub.fetch = loaded
+        sizes = [len(await runner._fetch(psub)) for _ in range(3)]
+        assert sizes == [40, 40, 20]
+        with pytest.raises((nats.errors.TimeoutError, asyncio.TimeoutError)):
+            await runner._fetch(psub)
+    finally:
+        await nc.close()

@@ -79,8 +79,10 @@ def _json_body(scope: Scope) -> bool:
             length = int(value) if value.isdigit() else 1
         elif key == b"transfer-encoding":
             chunked = True
+    if length == 0 and not chunked:  # no body, whatever the client's default type says
+        return True
     if content_type is None:
-        return length == 0 and not chunked
+        return False
     return content_type == b"application/json" or content_type.endswith(b"+json")
 
 
