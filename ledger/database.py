@@ -7,19 +7,13 @@ from types import TracebackType
 from psycopg import AsyncConnection
 from psycopg_pool import AsyncConnectionPool
 
-from ledger.fuzzy import NAME_SIMILARITY
-
 # A session stuck inside a transaction holds back the gap-safe readers' horizon (they read only
 # below the oldest running transaction); our own sessions give up after this long.
 IDLE_IN_TRANSACTION_TIMEOUT_MS = 30_000
 
 
 def session_options() -> str:
-    """Settings every leadledger session starts with. pg_trgm's threshold is set before the
-    extension is loaded in the session (PostgreSQL keeps it until pg_trgm claims it): the
-    fuzzy candidate query's `%` operator and its index read it (projections/candidates.py)."""
-    return (f"-c idle_in_transaction_session_timeout={IDLE_IN_TRANSACTION_TIMEOUT_MS}"
-            f" -c pg_trgm.similarity_threshold={NAME_SIMILARITY}")
+    return f"-c idle_in_transaction_session_timeout={IDLE_IN_TRANSACTION_TIMEOUT_MS}"
 
 
 async def _configure(conn: AsyncConnection) -> None:

@@ -44,9 +44,21 @@ async def test_swapped_names_are_candidates_and_a_shared_last_name_alone_is_not(
                                                      last_name="Smith"))
     # Best first: the same words in another order are as similar as it gets.
     assert [p.lead_id for p in found] == ["swapped", "typo"]
+
+
+async def test_the_threshold_is_the_query_s_own(pool):
+    """The query runs at NAME_SIMILARITY and leaves the session's pg_trgm setting as it was."""
     async with pool.connection() as conn:
-        shown = await (await conn.execute("SELECT show_limit()")).fetchone()
-    assert shown is not None and abs(shown[0] - NAME_SIMILARITY) < 1e-6
+        await _row(conn, "ws", "a", first_name="Zed", last_name="Smith")
+        await conn.execute("SET pg_trgm.similarity_threshold = 0.1")
+        rows = await (await conn.execute(_CANDIDATES, {
+            "workspace": "ws", "lead_id": "new", "name": "john smith", "phone": None,
+            "similarity": NAME_SIMILARITY, "limit": LIMIT,
+        })).fetchall()
+        shown = await (await conn.execute("SHOW pg_trgm.similarity_threshold")).fetchone()
+        await conn.execute("RESET pg_trgm.similarity_threshold")
+    assert rows == []  # "zed smith" is 0.4 similar: a candidate at 0.1, not at 0.45
+    assert shown == ("0.1",)
 
 
 async def test_a_nameless_lead_is_matched_by_phone_only(pool):
@@ -70,8 +82,8 @@ async def test_a_common_name_returns_the_most_similar_first_up_to_the_limit(pool
 
 
 async def test_a_large_workspace_is_searched_through_the_name_index(pool):
-    """Freshly written rows wait in the GIN index's pending list; kept small, it never makes
-    the planner scan the workspace's leads instead (which grows with the workspace)."""
+    """Before any statistics (a workspace that grew fast, a new database) as after, the query
+    asks the trigram index; it never walks the workspace's leads computing similarities."""
     rng = random.Random(7)
 
     def word() -> str:
@@ -83,12 +95,36 @@ async def test_a_large_workspace_is_searched_through_the_name_index(pool):
             "COPY leads (workspace, lead_id, version, status, stage, created_at, updated_at,"
             " first_name, last_name) FROM STDIN"
         ) as copy:
-            for n in range(40_000):
+            for n in range(20_000):
                 await copy.write_row(("big", f"L{n}", 1, "active", "lead", NOW, NOW,
                                       rng.choice(FIRST), word()))
+        plans = [await _plan(conn), await _plan(conn, analyzed=True)]
+    for plan in plans:
+        assert "leads_full_name_trgm" in plan and "Seq Scan" not in plan, plan
+
+
+async def _plan(conn, analyzed: bool = False) -> str:
+    """The candidate query's plan, as auto_explain reports it from inside the function."""
+    if analyzed:
         await conn.execute("ANALYZE leads")
-        plan = await (await conn.execute("EXPLAIN " + _CANDIDATES, {
-            "workspace": "big", "lead_id": "new", "name": "mary toribe", "phone": "+14155552671",
-            "limit": LIMIT,
-        })).fetchall()
-    assert "leads_full_name_trgm" in "\n".join(r[0] for r in plan)
+    notices: list[str] = []
+    conn.add_notice_handler(lambda d: notices.append(d.message_primary or ""))
+    for setting in ("log_min_duration = 0", "log_nested_statements = on", "log_level = notice"):
+        await conn.execute(f"SET auto_explain.{setting}")
+    await conn.execute("LOAD 'auto_explain'")
+    await conn.execute(_CANDIDATES, {
+        "workspace": "big", "lead_id": "new", "name": "mary toribe", "phone": "+14155552671",
+        "similarity": NAME_SIMILARITY, "limit": LIMIT,
+    })
+    await conn.execute("SET auto_explain.log_min_duration = -1")
+    return "\n".join(n for n in notices if "FROM leads" in n)
+
+
+async def test_the_name_index_keeps_its_pending_list_small(pool):
+    """Every search reads the GIN pending list through: a 4 MB default would make each
+    create's candidate query read megabytes (see migration 0033)."""
+    async with pool.connection() as conn:
+        row = await (await conn.execute(
+            "SELECT reloptions FROM pg_class WHERE relname = 'leads_full_name_trgm'"
+        )).fetchone()
+    assert row is not None and "gin_pending_list_limit=64" in row[0]
