@@ -36,10 +36,9 @@ import structlog
 from psycopg_pool import AsyncConnectionPool
 from tenacity import AsyncRetrying, stop_after_attempt, wait_exponential_jitter
 
-from ledger.checkpoints import advance_checkpoint_from
 from ledger.store import EventStore, RecordedEvent, Stream
 from processors import dead_letters
-from projections.runner import CheckpointMoved, ProjectionRunner
+from projections.runner import ProjectionRunner
 from schema.positions import LogPosition
 
 log = structlog.get_logger(__name__)
@@ -100,10 +99,6 @@ def reader_name(reactor: str, partition: int = 0, partitions: int = 1) -> str:
     return f"reactor-{reactor}{suffix}"
 
 
-DEFER_CHECKPOINT_EVENTS = 1_000
-"""Events a reactor may pass over (none of them its work) before it writes its checkpoint."""
-
-
 class _Checkpointed:
     """What the runner needs of a 'projection': a name and tables (none: nothing to rebuild)."""
 
@@ -140,9 +135,6 @@ class ReactorRunner(ProjectionRunner):
         self.retries = retries or Retries()
         self.pool = pool
         self.parked = 0
-        self._saved: LogPosition | None = None
-        """The checkpoint as stored, while a later one is deferred (None: none is)."""
-        self._deferred = 0
         super().__init__(
             _Checkpointed(reader_name(reactor.name, partition, partitions)),  # type: ignore[arg-type]
             store, pool, nats_url, stream, subject_prefix, max_age_s=max_age_s,
@@ -155,19 +147,14 @@ class ReactorRunner(ProjectionRunner):
         if not fresh:
             return self.cursor
         mine = [e for e in fresh if self._mine(e)]
-        if not mine and self._deferred + len(fresh) < DEFER_CHECKPOINT_EVENTS:
-            # Nothing to do: the checkpoint can wait (for the next batch with work, for the
-            # runner's next idle moment, or for this many events). A restart re-reads at most
-            # that many events, each of them nothing to do again.
-            self._saved = self.cursor if self._saved is None else self._saved
-            self._deferred += len(fresh)
-            return fresh[-1].log_position
+        if not mine:
+            deferred = self.defer(fresh)
+            if deferred is not None:
+                return deferred
         await self._react_all(mine)
-        return await self._advance(fresh[-1].log_position)
-
-    async def idle(self) -> None:
-        if self._saved is not None:
-            await self._advance(self.cursor)
+        # One statement: a reactor has no tables, so there is no rebuild to keep out (the
+        # projections' apply lock) and nothing else to commit with the checkpoint.
+        return await self.advance(fresh[-1].log_position)
 
     def _mine(self, recorded: RecordedEvent) -> bool:
         return owns(recorded.stream_id, self.partition, self.partitions) and (
@@ -229,18 +216,6 @@ class ReactorRunner(ProjectionRunner):
                         conn, letter.workspace, self.reactor.name, letter.event_id,
                         dead_letters.RESOLVED, only_from=(dead_letters.RETRYING,),
                     )
-
-    async def _advance(self, to: LogPosition) -> LogPosition:
-        # One statement: a reactor has no tables, so there is no rebuild to keep out (the
-        # projections' apply lock) and nothing else to commit with the checkpoint.
-        conn: psycopg.AsyncConnection = self.lease.conn
-        name = self.projection.name
-        expected = self.cursor if self._saved is None else self._saved
-        self._saved, self._deferred = None, 0
-        stored = await advance_checkpoint_from(conn, name, expected, to)
-        if stored < expected:
-            raise CheckpointMoved(f"{name} is at {stored.token()}, not {expected.token()}")
-        return to
 
     async def _hold(self, stop: asyncio.Event) -> None:
         # Retries asked for while the ledger is quiet still run: look every idle check.

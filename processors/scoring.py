@@ -120,6 +120,7 @@ class ScoringProcessor:
 
     name = NAME
     tables: tuple[str, ...] = ()
+    handles = None  # any event can be a cause (see NOT_CAUSES)
 
     def __init__(
         self, store: EventStore, commands: LeadCommands, models: ScoringModels,

@@ -36,6 +36,8 @@ class DuplicateRow(msgspec.Struct, frozen=True):
 
 class DuplicatesProjection:
     name = NAME
+    handles = (LeadDuplicateSuspected, LeadDuplicateDismissed, LeadMerged, LeadMergedInto,
+               LeadErased)
 
     def __init__(self, table: str = TABLE) -> None:
         self.table = table

@@ -53,6 +53,7 @@ class LeadsProjection:
     """Folds batches of ledger events into `table` (the live `leads` or a rebuild shadow)."""
 
     name = NAME
+    handles = None  # every lead event
 
     def __init__(self, store: EventStore, table: str = TABLE, *, bulk: int = 0) -> None:
         """`bulk` > 0: fold in memory for up to that many leads (for an empty shadow only)."""

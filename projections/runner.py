@@ -28,7 +28,7 @@ from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from psycopg_pool import AsyncConnectionPool
 
-from ledger.checkpoints import advance_checkpoint, read_checkpoint
+from ledger.checkpoints import advance_checkpoint, advance_checkpoint_from, read_checkpoint
 from ledger.envelopes import from_cloudevent
 from ledger.jetstream import connect_nats, ensure_stream
 from ledger.lease import Lease, lock_id, pool_conninfo, wait_for_stop
@@ -38,6 +38,10 @@ from schema.positions import LogPosition
 
 log = structlog.get_logger(__name__)
 
+DEFER_CHECKPOINT_EVENTS = 1_000
+"""Events a runner may pass over (none of them its work) before it writes its checkpoint."""
+DEFER_CHECKPOINT_S = 0.05
+"""How late a checkpoint passed over that way may be written: read-your-writes waits on it."""
 BACKLOG_TIMEOUT_S = 0.25
 """How long a fetch waits for messages the stream said it holds (see ProjectionRunner._fetch)."""
 
@@ -58,6 +62,9 @@ class Projection(Protocol):
 
     name: str
     tables: tuple[str, ...]
+    handles: tuple[type, ...] | None
+    """The event types `apply` does anything with (None: all). A batch of none of them is
+    passed over without a transaction, and the checkpoint written later."""
 
     async def apply(self, conn: psycopg.AsyncConnection, events: list[RecordedEvent]) -> None: ...
 
@@ -140,18 +147,63 @@ class ProjectionRunner:
         self.gaps = 0
         """Times a broken `previous` link sent the runner to the ledger."""
         self._last_ledger_check = 0.0
+        self._saved: LogPosition | None = None
+        """The checkpoint as stored, while a later one is deferred (None: none is)."""
+        self._deferred = 0
+        self._deferred_since = 0.0
 
     @property
     def durable(self) -> str:
         return f"projection-{self.projection.name}"
 
     async def apply(self, events: list[RecordedEvent]) -> LogPosition:
-        """Applies events contiguous after the cursor; returns the checkpoint now stored.
-        Reactors (processors/reactor.py) override it to act outside the transaction."""
-        return await apply_batch(self.lease.conn, self.projection, events, self.cursor)
+        """Applies events contiguous after the cursor; returns the checkpoint now stored (or
+        deferred). Reactors (processors/reactor.py) override it to act outside the
+        transaction."""
+        handles = getattr(self.projection, "handles", None)
+        if handles is not None and not any(isinstance(e.event, handles) for e in events):
+            deferred = self.defer([e for e in events if e.log_position > self.cursor])
+            if deferred is not None:
+                return deferred
+        expected = self.cursor if self._saved is None else self._saved
+        stored = await apply_batch(self.lease.conn, self.projection, events, expected)
+        self._saved, self._deferred = None, 0
+        return stored
+
+    def defer(self, fresh: list[RecordedEvent]) -> LogPosition | None:
+        """Passes over `fresh`, none of them this runner's work, without writing the
+        checkpoint: it waits for the next batch with work, a quiet moment, DEFER_CHECKPOINT_S
+        or DEFER_CHECKPOINT_EVENTS events, whichever comes first. A restart re-reads at most
+        that many events, each of them nothing to do again. Returns the new cursor (None:
+        write the checkpoint now)."""
+        if not fresh:
+            return self.cursor
+        now = time.monotonic()
+        if self._saved is None:
+            self._saved, self._deferred, self._deferred_since = self.cursor, 0, now
+        elif (self._deferred + len(fresh) >= DEFER_CHECKPOINT_EVENTS
+              or now - self._deferred_since >= DEFER_CHECKPOINT_S):
+            return None
+        self._deferred += len(fresh)
+        return fresh[-1].log_position
 
     async def idle(self) -> None:
-        """Called when a fetch found nothing: a subclass may write down what it deferred."""
+        """Called when a fetch found nothing: writes down the checkpoint it deferred."""
+        if self._saved is not None:
+            await self.advance(self.cursor)
+
+    async def advance(self, to: LogPosition) -> LogPosition:
+        """Moves the checkpoint to `to` in one compare-and-advance statement, without the apply
+        lock: it writes nothing else, and a rebuild that swapped its tables in meanwhile
+        stored a checkpoint the statement does not move back."""
+        conn: psycopg.AsyncConnection = self.lease.conn
+        name = self.projection.name
+        expected = self.cursor if self._saved is None else self._saved
+        self._saved, self._deferred = None, 0
+        stored = await advance_checkpoint_from(conn, name, expected, to)
+        if stored < expected:
+            raise CheckpointMoved(f"{name} is at {stored.token()}, not {expected.token()}")
+        return to
 
     async def run(self, stop: asyncio.Event) -> None:
         """Runs until `stop` is set: stands by for the lease, then projects while it holds it."""
@@ -159,6 +211,7 @@ class ProjectionRunner:
 
     async def _hold(self, stop: asyncio.Event) -> None:
         self.cursor = await read_checkpoint(self.lease.conn, self.projection.name)
+        self._saved = None
         log.info("projecting", projection=self.projection.name, after=self.cursor.token())
         failures = 0
         while not stop.is_set():
@@ -180,6 +233,7 @@ class ProjectionRunner:
             except CheckpointMoved as exc:
                 log.warning("checkpoint moved", error=str(exc))
                 self.cursor = await read_checkpoint(self.lease.conn, self.projection.name)
+                self._saved = None
             finally:
                 if nc is not None:
                     with contextlib.suppress(Exception):
@@ -243,7 +297,9 @@ class ProjectionRunner:
         every hop. And not a fixed short wait for more: under load the round trip outlasts it,
         batches shrink to a message or two, and the fixed cost of each batch (a transaction,
         the checkpoint) is paid per event just when the processor can least afford it."""
-        msgs = await psub.fetch(1, timeout=self.fetch_timeout_s)
+        # A deferred checkpoint is written at the first quiet moment, so wait less for one.
+        quiet = self.fetch_timeout_s if self._saved is None else DEFER_CHECKPOINT_S
+        msgs = await psub.fetch(1, timeout=quiet)
         while len(msgs) < self.batch_size:
             waiting = pending_after(msgs[-1])
             if not waiting:
@@ -251,7 +307,7 @@ class ProjectionRunner:
             try:
                 msgs += await psub.fetch(min(waiting, self.batch_size - len(msgs)),
                                          timeout=BACKLOG_TIMEOUT_S)
-            except (nats.errors.TimeoutError, asyncio.TimeoutError):
+            except (TimeoutError, nats.errors.TimeoutError):
                 break
         return msgs
 

@@ -64,6 +64,7 @@ def _observed(recorded: RecordedEvent, event: LeadScored) -> Any:
 
 class ScoreHistoryProjection:
     name = NAME
+    handles = (LeadScored, LeadErased)
 
     def __init__(self, table: str = TABLE, *, shadow: bool = False) -> None:
         """`shadow`: a rebuild's fresh table, which has no index (so no key to conflict on)

@@ -43,6 +43,7 @@ class TaskRow(msgspec.Struct, frozen=True, kw_only=True):
 
 class TasksProjection:
     name = NAME
+    handles = (LeadTaskOpened, LeadTaskCompleted, LeadTaskReassigned, LeadErased)
 
     def __init__(self, table: str = TABLE) -> None:
         self.table = table

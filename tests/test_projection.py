@@ -274,3 +274,67 @@ async def test_a_backlog_is_fetched_in_whole_batches(infra, store, pool):
             await runner._fetch(psub)
     finally:
         await nc.close()
+
+
+async def test_batches_a_projection_has_nothing_to_do_with_defer_its_checkpoint(
+    infra, store, pool
+):
+    """A projection that handles a few event types (tasks) writes no checkpoint for batches of
+    none of them (each would be a transaction of its own): the checkpoint waits for the next
+    batch with work, a quiet moment, or DEFER_CHECKPOINT_S; nothing is skipped meanwhile."""
+    from datetime import UTC, datetime
+
+    import psycopg
+
+    from ledger.checkpoints import read_checkpoint
+    from projections.runner import DEFER_CHECKPOINT_S, ProjectionRunner
+    from projections.tasks import TasksProjection, get_task
+    from schema.events import LeadTaskOpened
+    from tests.pipeline_support import DUPLICATE_WINDOW_S, MAX_AGE_S
+
+    runner = ProjectionRunner(TasksProjection(), store, pool, infra.nats_url, infra.stream,
+                              infra.subject_prefix, max_age_s=MAX_AGE_S,
+                              duplicate_window_s=DUPLICATE_WINDOW_S)
+    runner.lease._conn = await psycopg.AsyncConnection.connect(infra.database_url,
+                                                               autocommit=True)
+    try:
+        await _create(store, 0, 10)
+        created = await store.read_all(runner.cursor, 1000)
+        runner.cursor = await runner.apply(created)
+        assert runner.cursor == created[-1].log_position
+        async with pool.connection() as conn:
+            assert await read_checkpoint(conn, "tasks") == LogPosition()  # deferred
+
+        task = LeadTaskOpened(task_id="T1", kind="follow_up", assignee="ana@seller.example",
+                              due_at=datetime.now(UTC), reason="assigned")
+        await store.append("ws-a", created[0].stream_id, None, [NewEvent(task)], META)
+        opened = await store.read_all(runner.cursor, 1000)
+        runner.cursor = await runner.apply(opened)  # work: applied and written together
+        async with pool.connection() as conn:
+            assert await read_checkpoint(conn, "tasks") == opened[-1].log_position
+            assert (await get_task(conn, "ws-a", "T1")) is not None
+
+        await _create(store, 10, 3)
+        more = await store.read_all(runner.cursor, 1000)
+        runner.cursor = await runner.apply(more)
+        await runner.idle()  # a quiet moment writes what was deferred
+        async with pool.connection() as conn:
+            assert await read_checkpoint(conn, "tasks") == more[-1].log_position
+
+        await _create(store, 13, 2)
+        first = await store.read_all(runner.cursor, 1000)
+        runner.cursor = await runner.apply(first)
+        await asyncio.sleep(DEFER_CHECKPOINT_S)
+        await _create(store, 15, 2)
+        late = await store.read_all(runner.cursor, 1000)
+        runner.cursor = await runner.apply(late)  # deferred long enough: written now
+        async with pool.connection() as conn:
+            assert await read_checkpoint(conn, "tasks") == late[-1].log_position
+    finally:
+        await runner.lease.conn.close()
+
+
+async def _create(store, first: int, n: int) -> None:
+    for k in range(first, first + n):
+        created = LeadCreated(lead_id=f"L{k:03d}", fields=LeadFields(), stage="lead")
+        await store.append("ws-a", f"L{k:03d}", 0, [NewEvent(created)], META)
