@@ -13,7 +13,6 @@ from rapidfuzz import fuzz
 
 from ledger.normalize import company_match_key
 
-
 NAME_SIMILARITY = 0.45
 """The trigram similarity (pg_trgm's, 0-1) of two whole names below which a lead is not even a
 candidate (projections/candidates.py). Chosen with bench/bench_dedup.py: at 0.45 every true
