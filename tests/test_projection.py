@@ -338,3 +338,21 @@ async def _create(store, first: int, n: int) -> None:
     for k in range(first, first + n):
         created = LeadCreated(lead_id=f"L{k:03d}", fields=LeadFields(), stage="lead")
         await store.append("ws-a", f"L{k:03d}", 0, [NewEvent(created)], META)
+
+
+async def test_a_quiet_consumer_has_acknowledged_everything_it_applied(infra, store, pool):
+    """Acknowledgements are sent a batch size or a second at a time, and at every quiet moment:
+    none is left pending once the stream goes quiet, so nothing is redelivered."""
+    async with running(make_relay(infra, store, pool), make_runner(infra, store, pool)):
+        await write_leads(store, 12)
+        await eventually(lambda: reached(pool, store, "lead"), 20, "the projection")
+
+        async def all_acknowledged() -> bool:
+            nc = await nats.connect(infra.nats_url)
+            try:
+                info = await nc.jetstream().consumer_info(infra.stream, "projection-lead")
+                return info.num_ack_pending == 0 and info.delivered.stream_seq > 0
+            finally:
+                await nc.close()
+
+        await eventually(all_acknowledged, 10, "the acknowledgements")

@@ -90,6 +90,17 @@ async def test_reactor_and_sender_killed_at_random_moments_under_load(
         await eventually(all_received, 180, "every event to reach the receiver")
         await eventually(lambda: _leased(pool, "projection-reactor-webhooks"), 30,
                          "the reactor to finish starting")
+
+        async def all_delivered() -> bool:
+            # A sender killed after its request reached the receiver but before it wrote the
+            # outcome leaves the delivery claimed: it falls due again when the claim expires
+            # (5 s here) and is sent again (the receiver dedups it by webhook-id).
+            async with pool.connection() as conn:
+                rows = await webhook_deliveries.page(conn, "ws-a", endpoint.id, before_id=None,
+                                                     status=None, limit=10_000)
+            return {r.status for r in rows} == {"delivered"}
+
+        await eventually(all_delivered, 60, "every delivery to be recorded as delivered")
         await asyncio.sleep(2)  # so has the sender (SIGTERM before its handler kills it)
     assert [w.stop() for w in workers] == [0, 0]  # SIGTERM stops both cleanly
     assert sum(w.kills for w in workers) >= 4 and len(expected) >= 700
