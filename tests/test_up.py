@@ -319,3 +319,13 @@ def test_up_answers_keep_alive_clients_without_nagle_stalls() -> None:
         accepted, _ = server.accept()
         with accepted:
             assert accepted.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
+
+
+def test_up_parses_http_with_httptools() -> None:
+    """uvicorn falls back to h11, its pure-Python parser, when httptools is missing: a create
+    then costs the HTTP process about a fifth more CPU (api/server.py, http_config)."""
+    from api.server import http_config
+
+    config = http_config(None)
+    config.load()
+    assert config.http_protocol_class.__name__ == "HttpToolsProtocol"
