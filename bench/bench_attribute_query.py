@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import statistics
 import sys
 import time
@@ -32,7 +31,6 @@ import psycopg
 from psycopg import sql
 
 from bench.common import (
-    DATABASE_URL_ENV,
     RESULTS_DIR,
     BenchServer,
     Figure,
@@ -42,12 +40,12 @@ from bench.common import (
     load_average,
     machine_markdown,
     now_iso,
+    prefer_system_postgres,
     quiet_logs,
     update_results_md,
     write_results,
 )
 
-SYSTEM_URL = "postgresql://postgres@localhost:5432/postgres"
 WORKSPACE = "acme"
 LIMIT = 50
 DEFINITIONS: dict[str, Any] = {}  # filled in main (imports wait for quiet_logs)
@@ -179,7 +177,7 @@ def main() -> None:
                                       type=Results)
         update_results_md("attribute_query", markdown(results))
         return
-    os.environ.setdefault(DATABASE_URL_ENV, SYSTEM_URL)
+    prefer_system_postgres()
     quiet_logs()
     from ledger.migrations import migrate
 

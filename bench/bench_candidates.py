@@ -35,8 +35,8 @@ import time
 import msgspec
 import psycopg
 
+from bench.bench_pipeline import FIRST, LAST
 from bench.common import (
-    DATABASE_URL_ENV,
     RESULTS_DIR,
     BenchServer,
     Figure,
@@ -46,13 +46,12 @@ from bench.common import (
     load_average,
     machine_markdown,
     now_iso,
+    prefer_system_postgres,
     quiet_logs,
     update_results_md,
     write_results,
 )
-from bench.bench_pipeline import FIRST, LAST
 
-SYSTEM_URL = "postgresql://postgres@localhost:5432/postgres"
 WORKSPACE = "ws"
 VERSIONS = 5
 WRITE_EVERY_S = 0.01
@@ -81,7 +80,8 @@ def _name(rng: random.Random) -> tuple[str, str]:
 
 
 def _cpu_s(pid: int) -> float:
-    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    with open(f"/proc/{pid}/stat") as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
@@ -168,7 +168,7 @@ def main() -> None:
                                       type=Results)
         update_results_md("candidates", markdown(results))
         return
-    os.environ.setdefault(DATABASE_URL_ENV, SYSTEM_URL)
+    prefer_system_postgres()
     quiet_logs()
     from ledger.migrations import migrate
 
@@ -224,8 +224,8 @@ def markdown(results: Results) -> str:
          "lead's candidates, and the CPU of their PostgreSQL backends is read from /proc. "
          "Baseline, same run and table: the last-name query that migration 0033 replaced, "
          "with its index."), "",
-        "| connections per query | lead_candidates (ms CPU / query) | last-name query (ms) "
-        "| ratio | queries | median wall (ms) new / old |",
+        ("| connections per query | lead_candidates (ms CPU / query) | last-name query (ms) "
+         "| ratio | queries | median wall (ms) new / old |"),
         "|---:|---:|---:|---:|---:|---|",
     ]
     for figure in results.figures:

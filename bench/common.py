@@ -27,6 +27,13 @@ BENCH_DIR = Path(__file__).resolve().parent
 RESULTS_DIR = BENCH_DIR / "results"
 RESULTS_MD = BENCH_DIR / "RESULTS.md"
 DATABASE_URL_ENV = "LEADLEDGER_BENCH_DATABASE_URL"
+SYSTEM_DATABASE_URL = "postgresql://postgres@localhost:5432/postgres"
+
+
+def prefer_system_postgres() -> None:
+    """For benchmarks that measure against the machine's own PostgreSQL: BenchServer uses it
+    unless LEADLEDGER_BENCH_DATABASE_URL names another server."""
+    os.environ.setdefault(DATABASE_URL_ENV, SYSTEM_DATABASE_URL)
 
 
 # -- the server ----------------------------------------------------------------------------
