@@ -15,6 +15,7 @@ from processors.enrichment import build_enrichment
 from processors.reactor import Reactor, ReactorRunner
 from processors.routing import routing_reactor
 from processors.webhooks import webhooks_reactor
+from projections.feed import Feed
 
 REACTORS: dict[str, Callable[[Runtime], Reactor]] = {
     "enrich": lambda r: build_enrichment(r.store, r.commands, r.pool, r.keyring, r.quality,
@@ -26,7 +27,7 @@ REACTORS: dict[str, Callable[[Runtime], Reactor]] = {
 
 
 def make_reactor_runners(
-    runtime: Runtime, name: str, partitions: list[int] | None = None
+    runtime: Runtime, feed: Feed, name: str, partitions: list[int] | None = None
 ) -> list[ReactorRunner]:
     """Runners for `partitions` (default: all) of reactor `name`."""
     settings = runtime.settings
@@ -35,9 +36,7 @@ def make_reactor_runners(
     reactor = REACTORS[name](runtime)
     return [
         ReactorRunner(
-            reactor, runtime.store, runtime.pool, runtime.nats_url, settings.stream,
-            settings.subject_prefix, max_age_s=settings.stream_max_age_days * 86_400,
-            duplicate_window_s=settings.duplicate_window_s, partition=p, partitions=count,
+            reactor, runtime.store, runtime.pool, feed, partition=p, partitions=count,
             concurrency=settings.reactor_concurrency,
         )
         for p in chosen

@@ -52,6 +52,7 @@ from processors.routing_store import RoutingStore
 from processors.scoring import ScoringProcessor
 from processors.webhook_sender import SenderOptions, WebhookSender
 from projections.duplicates import DuplicatesProjection
+from projections.feed import Feed
 from projections.leads import LeadsProjection
 from projections.runner import Projection, ProjectionRunner
 from projections.score_history import ScoreHistoryProjection
@@ -96,12 +97,19 @@ def make_relay(runtime: Runtime) -> Relay:
     )
 
 
-def make_runner(runtime: Runtime, name: str) -> ProjectionRunner:
+def make_feed(runtime: Runtime, name: str) -> Feed:
+    """The process's one subscription to the ledger, shared by its runners."""
     settings = runtime.settings
-    return ProjectionRunner(
-        PROJECTIONS[name](runtime), runtime.store, runtime.pool, runtime.nats_url,
-        settings.stream, settings.subject_prefix,
+    return Feed(
+        runtime.nats_url, settings.stream, settings.subject_prefix,
         max_age_s=_max_age_s(settings), duplicate_window_s=settings.duplicate_window_s,
+        registry=runtime.store.registry, name=f"leadledger-feed-{name}",
+    )
+
+
+def make_runner(runtime: Runtime, feed: Feed, name: str) -> ProjectionRunner:
+    return ProjectionRunner(
+        PROJECTIONS[name](runtime), runtime.store, runtime.pool, feed,
         batch_size=BATCH_SIZES.get(name, 500),
     )
 
@@ -132,7 +140,8 @@ async def run_workers(
     the background loops, concurrently, until `stop`. `group` (index, count) runs every
     count-th of them from index on: `up` spreads them over its worker processes that way."""
     index, count = group
-    chosen = worker_list(runtime, stop, reactors)[index::count]
+    feed = make_feed(runtime, f"group-{index}of{count}")
+    chosen = worker_list(runtime, feed, stop, reactors)[index::count]
     async with asyncio.TaskGroup() as tasks:
         for label, run in chosen:
             tasks.create_task(_supervise(label, run, stop))
@@ -142,7 +151,7 @@ Worker = tuple[str, Callable[[], Coroutine[Any, Any, None]]]
 
 
 def worker_list(
-    runtime: Runtime, stop: asyncio.Event, reactors: Collection[str] | None = None
+    runtime: Runtime, feed: Feed, stop: asyncio.Event, reactors: Collection[str] | None = None
 ) -> list[Worker]:
     """Every worker `up` runs, by label, in a fixed order. The busiest (the relay, the lead
     projection, the scoring processor, each reactor) are spread so that every-count-th picks
@@ -150,9 +159,9 @@ def worker_list(
     workers: list[Worker] = [("relay", lambda: make_relay(runtime).run(stop))]
     for name in PROJECTIONS:
         workers.append((f"project {name}",
-                        functools.partial(_run_projection, runtime, name, stop)))
+                        functools.partial(_run_projection, runtime, feed, name, stop)))
     for name in REACTORS if reactors is None else reactors:
-        for runner in make_reactor_runners(runtime, name):
+        for runner in make_reactor_runners(runtime, feed, name):
             workers.append((f"react {runner.projection.name}",
                             functools.partial(runner.run, stop)))
     workers += [
@@ -163,8 +172,8 @@ def worker_list(
     return workers
 
 
-async def _run_projection(runtime: Runtime, name: str, stop: asyncio.Event) -> None:
-    await make_runner(runtime, name).run(stop)
+async def _run_projection(runtime: Runtime, feed: Feed, name: str, stop: asyncio.Event) -> None:
+    await make_runner(runtime, feed, name).run(stop)
 
 
 async def _supervise(
@@ -203,10 +212,11 @@ async def run_one(argv: list[str], settings: Settings) -> None:
         elif argv == ["send-webhooks"]:
             await make_webhook_sender(runtime).run(stop)
         elif argv[0] == "react":
-            runners = make_reactor_runners(runtime, argv[1], _partitions(argv[2:]))
+            feed = make_feed(runtime, "-".join(argv[:2]))
+            runners = make_reactor_runners(runtime, feed, argv[1], _partitions(argv[2:]))
             await asyncio.gather(*(runner.run(stop) for runner in runners))
         else:
-            await make_runner(runtime, argv[1]).run(stop)
+            await make_runner(runtime, make_feed(runtime, argv[1]), argv[1]).run(stop)
     finally:
         await runtime.close()
     log.info("worker stopped", worker=" ".join(argv))

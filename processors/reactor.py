@@ -3,7 +3,7 @@
 Enrichment calls providers, routing assigns owners, webhooks send HTTP requests: slow work that
 must never run inside a database transaction (a long transaction holds back every gap-safe
 reader of the ledger). A reactor therefore rides on the projection runner (ledger catch-up,
-the NATS fast path, gap repair from `previous` links, one active holder per lease) but acts
+the process's NATS feed, gap repair from `previous` links, one active holder per lease) but acts
 first and checkpoints after:
 
   1. the reactor prepares the batch (`prepare`: what it needs to read for all of the batch's
@@ -38,6 +38,7 @@ from tenacity import AsyncRetrying, stop_after_attempt, wait_exponential_jitter
 
 from ledger.store import EventStore, RecordedEvent, Stream
 from processors import dead_letters
+from projections.feed import Feed
 from projections.runner import ProjectionRunner
 from schema.positions import LogPosition
 
@@ -114,12 +115,8 @@ class ReactorRunner(ProjectionRunner):
         reactor: Reactor[Any],
         store: EventStore,
         pool: AsyncConnectionPool,
-        nats_url: str,
-        stream: str,
-        subject_prefix: str,
+        feed: Feed,
         *,
-        max_age_s: float,
-        duplicate_window_s: float,
         partition: int = 0,
         partitions: int = 1,
         concurrency: int = 16,
@@ -137,9 +134,7 @@ class ReactorRunner(ProjectionRunner):
         self.parked = 0
         super().__init__(
             _Checkpointed(reader_name(reactor.name, partition, partitions)),  # type: ignore[arg-type]
-            store, pool, nats_url, stream, subject_prefix, max_age_s=max_age_s,
-            duplicate_window_s=duplicate_window_s, batch_size=batch_size,
-            lease_poll_s=lease_poll_s,
+            store, pool, feed, batch_size=batch_size, lease_poll_s=lease_poll_s,
         )
 
     async def apply(self, events: list[RecordedEvent]) -> LogPosition:
@@ -180,7 +175,7 @@ class ReactorRunner(ProjectionRunner):
         Returns whether it succeeded."""
         retrying = AsyncRetrying(
             stop=stop_after_attempt(self.retries.attempts),
-            wait=wait_exponential_jitter(initial=self.retries.initial_s, max=self.retries.max_s),
+            wait=wait_exponential_jitter(multiplier=self.retries.initial_s, max=self.retries.max_s),
             reraise=True,
         )
         try:

@@ -1,39 +1,34 @@
 """The projection runner: feeds one projection from the ledger and NATS, exactly once.
 
 The ledger is the source of truth and NATS the fast path. On start (and whenever NATS is away
-or quiet) the runner reads the ledger gap-safely after its checkpoint; otherwise it consumes a
-durable pull consumer. Every envelope names the position published before it: when that is not
-the runner's checkpoint, NATS lost or no longer holds something, and the runner reads the gap
-from the ledger instead of skipping it. Messages at or before the checkpoint are duplicates.
+or quiet) the runner reads the ledger gap-safely after its checkpoint; otherwise it takes what
+the process's feed delivers (projections/feed.py: one JetStream subscription shared by every
+runner in the process), as many events at a time as arrived while it was busy, up to a batch.
+Every envelope names the position published before it: when that is not the runner's
+checkpoint, NATS lost or no longer holds something (or the feed dropped it), and the runner
+reads the gap from the ledger instead of skipping it. Events at or before the checkpoint are
+duplicates.
 
 Each batch is one transaction on the lease connection: take the projection's apply lock (a
-rebuild's swap takes it too), re-read the checkpoint, apply, advance the checkpoint, commit;
-then ack. Killing the runner at any instant loses nothing and applies nothing twice.
+rebuild's swap takes it too), re-read the checkpoint, apply, advance the checkpoint, commit.
+The checkpoint is the runner's only position (nothing is acknowledged to NATS). Killing the
+runner at any instant loses nothing and applies nothing twice.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import random
 import time
 from typing import Protocol
 
-import msgspec
-import nats.errors
 import psycopg
 import structlog
-from nats.aio.msg import Msg
-from nats.js import JetStreamContext
-from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from psycopg_pool import AsyncConnectionPool
 
 from ledger.checkpoints import advance_checkpoint, advance_checkpoint_from, read_checkpoint
-from ledger.envelopes import from_cloudevent
-from ledger.jetstream import connect_nats, ensure_stream
-from ledger.lease import Lease, lock_id, pool_conninfo, wait_for_stop
+from ledger.lease import Lease, lock_id, pool_conninfo
 from ledger.store import EventStore, RecordedEvent
-from schema.envelope import decode_envelope, stream_subjects
+from projections.feed import Delivered, Feed, Inbox
 from schema.positions import LogPosition
 
 log = structlog.get_logger(__name__)
@@ -42,17 +37,6 @@ DEFER_CHECKPOINT_EVENTS = 1_000
 """Events a runner may pass over (none of them its work) before it writes its checkpoint."""
 DEFER_CHECKPOINT_S = 0.05
 """How late a checkpoint passed over that way may be written: read-your-writes waits on it."""
-BACKLOG_TIMEOUT_S = 0.25
-"""How long a fetch waits for messages the stream said it holds (see ProjectionRunner._fetch)."""
-
-
-def pending_after(msg: Msg) -> int:
-    """How many messages the stream held for this consumer after `msg` when it was delivered
-    (0 when the message does not say)."""
-    try:
-        return int(msg.metadata.num_pending or 0)
-    except (ValueError, AttributeError, IndexError, TypeError):
-        return 0
 
 
 class Projection(Protocol):
@@ -117,12 +101,8 @@ class ProjectionRunner:
         projection: Projection,
         store: EventStore,
         pool: AsyncConnectionPool,
-        nats_url: str,
-        stream: str,
-        subject_prefix: str,
+        feed: Feed,
         *,
-        max_age_s: float,
-        duplicate_window_s: float,
         batch_size: int = 500,
         fetch_timeout_s: float = 1.0,
         idle_check_s: float = 2.0,
@@ -130,11 +110,7 @@ class ProjectionRunner:
     ) -> None:
         self.projection = projection
         self.store = store
-        self.nats_url = nats_url
-        self.stream = stream
-        self.prefix = subject_prefix
-        self.max_age_s = max_age_s
-        self.duplicate_window_s = duplicate_window_s
+        self.feed = feed
         self.batch_size = batch_size
         self.fetch_timeout_s = fetch_timeout_s
         self.idle_check_s = idle_check_s
@@ -143,7 +119,7 @@ class ProjectionRunner:
         )
         self.cursor = LogPosition()
         self.duplicates = 0
-        """Messages skipped as at or before the checkpoint (redeliveries, ledger catch-up)."""
+        """Events skipped as at or before the checkpoint (republished, or read from the ledger)."""
         self.gaps = 0
         """Times a broken `previous` link sent the runner to the ledger."""
         self._last_ledger_check = 0.0
@@ -151,10 +127,6 @@ class ProjectionRunner:
         """The checkpoint as stored, while a later one is deferred (None: none is)."""
         self._deferred = 0
         self._deferred_since = 0.0
-
-    @property
-    def durable(self) -> str:
-        return f"projection-{self.projection.name}"
 
     async def apply(self, events: list[RecordedEvent]) -> LogPosition:
         """Applies events contiguous after the cursor; returns the checkpoint now stored (or
@@ -213,48 +185,18 @@ class ProjectionRunner:
         self.cursor = await read_checkpoint(self.lease.conn, self.projection.name)
         self._saved = None
         log.info("projecting", projection=self.projection.name, after=self.cursor.token())
-        failures = 0
         while not stop.is_set():
-            nc = None
             try:
                 await self.catch_up(stop)
-                nc = await connect_nats(self.nats_url, name=f"leadledger-{self.durable}")
-                psub = await self.subscribe(nc.jetstream())
-                # Anything published before the consumer existed is in the ledger by now.
-                await self.catch_up(stop)
-                failures = 0
-                await self._consume(psub, stop)
-            except (nats.errors.Error, OSError) as exc:
-                failures += 1
-                delay = min(5.0, 0.25 * 2**failures) * random.uniform(0.5, 1.0)
-                log.warning("projection lost NATS; reading the ledger meanwhile",
-                            projection=self.projection.name, error=repr(exc))
-                await wait_for_stop(stop, delay)
+                async with self.feed.listen() as inbox:
+                    # Anything published before the feed had this inbox is in the ledger by now.
+                    inbox.resync = False
+                    await self.catch_up(stop)
+                    await self._consume(inbox, stop)
             except CheckpointMoved as exc:
                 log.warning("checkpoint moved", error=str(exc))
                 self.cursor = await read_checkpoint(self.lease.conn, self.projection.name)
                 self._saved = None
-            finally:
-                if nc is not None:
-                    with contextlib.suppress(Exception):
-                        await nc.close()
-
-    async def subscribe(self, js: JetStreamContext) -> JetStreamContext.PullSubscription:
-        await ensure_stream(
-            js, self.stream, self.prefix,
-            max_age_s=self.max_age_s, duplicate_window_s=self.duplicate_window_s,
-        )
-        # A new consumer starts at new messages: everything older is read from the ledger,
-        # and a message whose predecessor we never saw triggers a ledger read anyway.
-        config = ConsumerConfig(
-            ack_policy=AckPolicy.ALL,
-            deliver_policy=DeliverPolicy.NEW,
-            max_ack_pending=self.batch_size * 4,
-            ack_wait=60,
-        )
-        return await js.pull_subscribe(
-            stream_subjects(self.prefix), durable=self.durable, stream=self.stream, config=config
-        )
 
     # -- the ledger path ------------------------------------------------------------------
 
@@ -276,58 +218,35 @@ class ProjectionRunner:
 
     # -- the NATS path --------------------------------------------------------------------
 
-    async def _consume(self, psub: JetStreamContext.PullSubscription, stop: asyncio.Event) -> None:
+    async def _consume(self, inbox: Inbox, stop: asyncio.Event) -> None:
         while not stop.is_set():
+            # A deferred checkpoint is written at the first quiet moment, so wait less for one.
+            quiet = self.fetch_timeout_s if self._saved is None else DEFER_CHECKPOINT_S
             try:
-                msgs = await self._fetch(psub)
-            except nats.errors.TimeoutError:
-                # Quiet: a lost last message has no successor to reveal it, so look.
-                if time.monotonic() - self._last_ledger_check > self.idle_check_s:
+                delivered = await inbox.take(self.batch_size, quiet)
+            except TimeoutError:
+                # Quiet: a lost last message has no successor to reveal it, so look; and while
+                # the feed is away, the ledger is the only way.
+                stale = time.monotonic() - self._last_ledger_check > self.idle_check_s
+                if stale or not self.feed.live:
                     await self.catch_up(stop)
                 await self.idle()
                 continue
-            await self.handle_messages(msgs, stop)
-            await msgs[-1].ack()  # AckPolicy.ALL: acknowledges the whole batch
+            if inbox.resync:
+                inbox.resync = False
+                await self.catch_up(stop)
+            await self.handle(delivered, stop)
 
-    async def _fetch(self, psub: JetStreamContext.PullSubscription) -> list[Msg]:
-        """The next message as soon as it arrives, then as many of those the stream already
-        holds for this consumer as a batch takes (each message says how many are still
-        pending after it). Not `fetch(batch_size)`: once nats-py's fetch has one message it
-        waits for the whole batch or the timeout, which at low traffic adds up to a second to
-        every hop. And not a fixed short wait for more: under load the round trip outlasts it,
-        batches shrink to a message or two, and the fixed cost of each batch (a transaction,
-        the checkpoint) is paid per event just when the processor can least afford it."""
-        # A deferred checkpoint is written at the first quiet moment, so wait less for one.
-        quiet = self.fetch_timeout_s if self._saved is None else DEFER_CHECKPOINT_S
-        msgs = await psub.fetch(1, timeout=quiet)
-        while len(msgs) < self.batch_size:
-            waiting = pending_after(msgs[-1])
-            if not waiting:
-                break
-            try:
-                msgs += await psub.fetch(min(waiting, self.batch_size - len(msgs)),
-                                         timeout=BACKLOG_TIMEOUT_S)
-            except (TimeoutError, nats.errors.TimeoutError):
-                break
-        return msgs
-
-    async def handle_messages(self, msgs: list[Msg], stop: asyncio.Event) -> None:
-        """Applies a fetched batch in order, reading any gap from the ledger."""
+    async def handle(self, delivered: list[Delivered], stop: asyncio.Event) -> None:
+        """Applies what the feed delivered, in order, reading any gap from the ledger."""
         pending: list[RecordedEvent] = []
         tip = self.cursor  # the last event applied or pending
-        for msg in msgs:
-            try:
-                envelope = decode_envelope(msg.data)
-                position = LogPosition.parse(envelope.position)
-                previous = LogPosition.parse(envelope.previous)
-            except (msgspec.DecodeError, ValueError) as exc:
-                # Not ours or corrupt: skip it; if it hid an event, the next link shows the gap.
-                log.error("undecodable message", subject=msg.subject, error=str(exc))
-                continue
+        for item in delivered:
+            position = item.recorded.log_position
             if position <= tip:
-                self.duplicates += 1  # redelivered, or already read from the ledger
+                self.duplicates += 1  # republished, or already read from the ledger
                 continue
-            if previous != tip:
+            if item.previous != tip:
                 self.gaps += 1
                 await self._flush(pending)
                 pending = []
@@ -336,7 +255,7 @@ class ProjectionRunner:
                 await self.catch_up(stop, until=position)
                 tip = self.cursor  # short of `position` only if stopping
             else:
-                pending.append(from_cloudevent(envelope, self.store.registry))
+                pending.append(item.recorded)
                 tip = position
         await self._flush(pending)
 

@@ -21,6 +21,7 @@ from ledger.checkpoints import RELAY, read_checkpoint
 from ledger.lead import ERASED, INITIAL, evolve
 from ledger.relay import Relay
 from ledger.store import EventStore, NewEvent, RecordedEvent, StreamAppend
+from projections.feed import Feed
 from projections.leads import COLUMNS, LeadRow, LeadsProjection, row_from_state
 from projections.runner import ProjectionRunner
 from schema.envelope import CloudEvent, decode_envelope
@@ -222,12 +223,14 @@ def make_relay(infra, store: EventStore, pool: AsyncConnectionPool, **kwargs) ->
     )
 
 
+def make_feed(infra, nats_url: str | None = None, **kwargs) -> Feed:
+    return Feed(nats_url or infra.nats_url, infra.stream, infra.subject_prefix,
+                max_age_s=MAX_AGE_S, duplicate_window_s=DUPLICATE_WINDOW_S, **kwargs)
+
+
 def make_runner(infra, store: EventStore, pool: AsyncConnectionPool, **kwargs) -> ProjectionRunner:
-    return ProjectionRunner(
-        LeadsProjection(store), store, pool, kwargs.pop("nats_url", infra.nats_url),
-        infra.stream, infra.subject_prefix,
-        max_age_s=MAX_AGE_S, duplicate_window_s=DUPLICATE_WINDOW_S, **kwargs,
-    )
+    feed = kwargs.pop("feed", None) or make_feed(infra, kwargs.pop("nats_url", None))
+    return ProjectionRunner(LeadsProjection(store), store, pool, feed, **kwargs)
 
 
 @contextlib.asynccontextmanager

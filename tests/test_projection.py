@@ -7,12 +7,13 @@ from __future__ import annotations
 import asyncio
 
 import msgspec
-import pytest
 import nats
+import pytest
 
 from ledger.checkpoints import read_checkpoint
 from ledger.store import NewEvent
 from projections.checkpoints import wait_for
+from projections.feed import delivered_of
 from projections.leads import LeadsProjection, get_lead, row_from_state
 from projections.runner import apply_batch
 from schema.events import LeadCreated, LeadErased, LeadFields, LeadFieldsChanged, LeadTagged
@@ -22,6 +23,7 @@ from tests.pipeline_support import (
     eventually,
     fresh_fold,
     holds_lease,
+    make_feed,
     make_relay,
     make_runner,
     reached,
@@ -74,7 +76,7 @@ async def test_the_same_events_applied_twice_change_nothing(infra, store, pool):
 async def test_a_message_delivered_twice_is_applied_once(infra, store, pool):
     runner = make_runner(infra, store, pool)
     async with running(runner):
-        await eventually(lambda: _subscribed(infra, runner.durable), 10, "the consumer")
+        await eventually(lambda: _listening(runner), 10, "the feed")
         written = await write_leads(store, 20)
         async with running(make_relay(infra, store, pool)):
             await eventually(lambda: relay_done(pool, store), 20, "the relay")
@@ -91,25 +93,21 @@ async def test_a_message_deleted_from_nats_is_read_from_the_ledger(infra, store,
     runner = make_runner(infra, store, pool)
     stop = asyncio.Event()
     assert await runner.lease.acquire(stop)
-    nc = await nats.connect(infra.nats_url)
     try:
-        psub = await runner.subscribe(nc.jetstream())
         await write_leads(store, 30)
         async with running(make_relay(infra, store, pool)):
             await eventually(lambda: relay_done(pool, store), 20, "the relay")
-        js = nc.jetstream()
-        total = (await js.stream_info(infra.stream)).state.messages
-        await js.delete_msg(infra.stream, total // 2)  # NATS lost one, mid-stream
-        await js.delete_msg(infra.stream, total)  # and the very last one
-        msgs = await psub.fetch(total, timeout=5)
-        assert len(msgs) == total - 2
-        await runner.handle_messages(msgs, stop)
+        content = await stream_content(infra.nats_url, infra.stream, infra.subject_prefix)
+        delivered = [delivered_of(m.data) for m in content.messages]
+        total = len(delivered)
+        del delivered[-1]  # NATS lost the very last one
+        del delivered[total // 2]  # and one mid-stream
+        await runner.handle(delivered, stop)
         assert runner.gaps == 1
         # Only the next message (or the idle look at the ledger) reveals a lost last one.
         await readable(store)
         await runner.catch_up(stop)
     finally:
-        await nc.close()
         await runner.lease.release()
     ledger = await read_ledger(store)
     assert runner.cursor == ledger[-1].log_position
@@ -166,15 +164,8 @@ async def test_erased_leads_leave_the_read_model(infra, store, pool):
     assert ("ws-a", "E") not in await read_model(pool)
 
 
-async def _subscribed(infra, durable: str) -> bool:
-    nc = await nats.connect(infra.nats_url)
-    try:
-        await nc.jetstream().consumer_info(infra.stream, durable)
-        return True
-    except Exception:
-        return False
-    finally:
-        await nc.close()
+async def _listening(runner) -> bool:
+    return runner.feed.live and await holds_lease(runner)
 
 
 async def _republish(infra, count: int) -> None:
@@ -247,33 +238,85 @@ async def test_run_workers_runs_the_relay_and_every_projection(infra, store):
     assert await read_model(store.pool) == await fresh_fold(store)
 
 
-async def test_a_backlog_is_fetched_in_whole_batches(infra, store, pool):
-    """A consumer that fell behind takes what the stream holds for it a batch at a time, not
-    one or two messages per round trip: under load that is what lets it catch up."""
-    from schema.envelope import stream_subjects
-
-    runner = make_runner(infra, store, pool, batch_size=40)
-    nc = await nats.connect(infra.nats_url)
-    try:
-        js = nc.jetstream()
-        psub = await runner.subscribe(js)  # creates the stream and the durable consumer
-        subject = stream_subjects(infra.subject_prefix).replace(">", "ws.lead.L1.Test")
-        for n in range(100):
-            await js.publish(subject, str(n).encode())
-        fetch = psub.fetch
-
-        async def loaded(batch: int = 1, timeout: float | None = 5.0, **kw):
-            # A busy machine: each round trip to the server takes 20 ms of the fetch's time.
-            await asyncio.sleep(0.02)
-            return await fetch(batch, timeout=max((timeout or 5.0) - 0.02, 0.001), **kw)
-
-        psub.fetch = loaded
-        sizes = [len(await runner._fetch(psub)) for _ in range(3)]
+async def test_a_backlog_is_taken_in_whole_batches(infra, store, pool):
+    """A runner that fell behind takes what the feed holds for it a batch at a time, not one
+    event per wake-up: under load that is what lets it catch up."""
+    feed = make_feed(infra)
+    async with feed.listen() as inbox:
+        assert feed.live
+        await _create(store, 0, 100)  # 100 events
+        async with running(make_relay(infra, store, pool)):
+            await eventually(lambda: _holds(inbox, 100), 20, "the feed to deliver")
+        sizes = [len(await inbox.take(40, timeout=1)) for _ in range(3)]
         assert sizes == [40, 40, 20]
-        with pytest.raises((nats.errors.TimeoutError, asyncio.TimeoutError)):
-            await runner._fetch(psub)
-    finally:
-        await nc.close()
+        with pytest.raises(TimeoutError):
+            await inbox.take(40, timeout=0.05)
+    assert not feed.live  # the last listener gone, the feed stops
+
+
+async def _holds(inbox, count: int) -> bool:
+    return len(inbox) >= count
+
+
+async def test_an_inbox_too_far_behind_is_emptied(store):
+    """The feed never holds more than its limit for a runner: past it, the inbox is emptied, and
+    the next event's `previous` link sends the runner to the ledger for what was dropped (the
+    gap test above), so memory stays bounded and nothing is missed."""
+    from projections.feed import Inbox
+
+    await _create(store, 0, 7)
+    events = await read_ledger(store)
+    delivered = _published(events)
+    inbox = Inbox(limit=3)
+    for item in delivered:
+        inbox.put(item)
+    assert inbox.dropped == 6 and len(inbox) == 1
+    (last,) = await inbox.take(10, timeout=1)
+    assert last.recorded.log_position == events[-1].log_position
+    assert last.previous == events[-2].log_position  # the link that reveals the gap
+
+
+def _published(events) -> list:
+    """The events as the relay publishes them: each linked to the one before."""
+    from ledger.envelopes import to_cloudevent
+    from schema.envelope import encode_envelope
+
+    previous, delivered = LogPosition(), []
+    for recorded in events:
+        delivered.append(delivered_of(encode_envelope(to_cloudevent(recorded, previous))))
+        previous = recorded.log_position
+    return delivered
+
+
+async def test_the_runners_of_a_process_share_one_consumer(infra, store, pool):
+    """Every runner in a process takes the ledger from one feed: each event crosses NATS once
+    per process, not once per runner."""
+    from processors.reactor import ReactorRunner
+    from projections.duplicates import DuplicatesProjection
+    from projections.runner import ProjectionRunner
+    from tests.test_reactor import Recorder
+
+    feed = make_feed(infra)
+    recorder = Recorder()
+    runners = [
+        make_runner(infra, store, pool, feed=feed),
+        ProjectionRunner(DuplicatesProjection(), store, pool, feed),
+        ReactorRunner(recorder, store, pool, feed),
+    ]
+    async with running(make_relay(infra, store, pool), *runners):
+        for runner in runners:
+            await eventually(lambda runner=runner: _listening(runner), 10, "the feed")
+        await write_leads(store, 20)
+        for name in ("lead", "duplicates", "reactor-recorder"):
+            await eventually(lambda name=name: reached(pool, store, name), 20, name)
+        nc = await nats.connect(infra.nats_url)
+        try:
+            info = await nc.jetstream().stream_info(infra.stream)
+        finally:
+            await nc.close()
+        assert info.state.consumer_count == 1
+    assert feed.subscriptions == 1 and sum(len(v) for v in recorder.seen.values()) > 0
+    assert await read_model(pool) == await fresh_fold(store)
 
 
 async def test_batches_a_projection_has_nothing_to_do_with_defer_its_checkpoint(
@@ -290,11 +333,8 @@ async def test_batches_a_projection_has_nothing_to_do_with_defer_its_checkpoint(
     from projections.runner import DEFER_CHECKPOINT_S, ProjectionRunner
     from projections.tasks import TasksProjection, get_task
     from schema.events import LeadTaskOpened
-    from tests.pipeline_support import DUPLICATE_WINDOW_S, MAX_AGE_S
 
-    runner = ProjectionRunner(TasksProjection(), store, pool, infra.nats_url, infra.stream,
-                              infra.subject_prefix, max_age_s=MAX_AGE_S,
-                              duplicate_window_s=DUPLICATE_WINDOW_S)
+    runner = ProjectionRunner(TasksProjection(), store, pool, make_feed(infra))
     runner.lease._conn = await psycopg.AsyncConnection.connect(infra.database_url,
                                                                autocommit=True)
     try:
@@ -338,21 +378,3 @@ async def _create(store, first: int, n: int) -> None:
     for k in range(first, first + n):
         created = LeadCreated(lead_id=f"L{k:03d}", fields=LeadFields(), stage="lead")
         await store.append("ws-a", f"L{k:03d}", 0, [NewEvent(created)], META)
-
-
-async def test_a_quiet_consumer_has_acknowledged_everything_it_applied(infra, store, pool):
-    """Acknowledgements are sent a batch size or a second at a time, and at every quiet moment:
-    none is left pending once the stream goes quiet, so nothing is redelivered."""
-    async with running(make_relay(infra, store, pool), make_runner(infra, store, pool)):
-        await write_leads(store, 12)
-        await eventually(lambda: reached(pool, store, "lead"), 20, "the projection")
-
-        async def all_acknowledged() -> bool:
-            nc = await nats.connect(infra.nats_url)
-            try:
-                info = await nc.jetstream().consumer_info(infra.stream, "projection-lead")
-                return info.num_ack_pending == 0 and info.delivered.stream_seq > 0
-            finally:
-                await nc.close()
-
-        await eventually(all_acknowledged, 10, "the acknowledgements")

@@ -12,10 +12,9 @@ from processors import dead_letters
 from processors.reactor import FirstReads, ReactorRunner, Retries, owns, reader_name
 from schema.events import LeadCreated, LeadFields, LeadTagged
 from tests.pipeline_support import (
-    DUPLICATE_WINDOW_S,
-    MAX_AGE_S,
     META,
     eventually,
+    make_feed,
     make_relay,
     reached,
     running,
@@ -54,8 +53,7 @@ class Recorder:
 
 def make_reactor_runner(infra, store, pool, reactor, **kwargs) -> ReactorRunner:
     return ReactorRunner(
-        reactor, store, pool, infra.nats_url, infra.stream, infra.subject_prefix,
-        max_age_s=MAX_AGE_S, duplicate_window_s=DUPLICATE_WINDOW_S,
+        reactor, store, pool, kwargs.pop("feed", None) or make_feed(infra),
         retries=Retries(attempts=4, initial_s=0.01, max_s=0.05), **kwargs,
     )
 
