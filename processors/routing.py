@@ -188,6 +188,25 @@ class RulesCache:
         return compiled
 
 
+OWNER_CHANGES = (LeadAssigned, LeadOwnerAssigned)
+
+
+class RoutingBatch:
+    """What routing reads once for a batch (the streams of its leads that need one), and what
+    it learned while acting on it: the leads it left with an owner, whose later `LeadEnriched`
+    in the same batch has nothing to do (enrichment does not re-route an owned lead)."""
+
+    def __init__(self, reads: FirstReads) -> None:
+        self.reads = reads
+        self.owned: set[tuple[str, str]] = set()
+
+
+def band_needs_follow_up(event: LeadScored, book: RoutingBook) -> bool:
+    """Whether a score may open a band follow-up at all (its band has an SLA): the others need
+    no look at the lead."""
+    return event.band is not None and event.band in book.sla.by_band
+
+
 class RoutingReactor:
     name = NAME
 
@@ -213,24 +232,42 @@ class RoutingReactor:
         return book
 
     def wants(self, recorded: RecordedEvent) -> bool:
-        return isinstance(recorded.event, (LeadCreated, LeadEnriched, LeadScored))
+        """The events it acts on, and those that change an owner (which only update what the
+        batch knows: see RoutingBatch)."""
+        return isinstance(recorded.event, (LeadCreated, LeadEnriched, LeadScored, *OWNER_CHANGES))
 
-    async def prepare(self, events: list[RecordedEvent]) -> FirstReads:
-        """The streams of the batch's leads in workspaces that route (the others: no read)."""
-        routed = {w for w in {e.workspace for e in events} if await self._book(w) is not None}
-        return await FirstReads.of(self.store, [e for e in events if e.workspace in routed])
+    async def prepare(self, events: list[RecordedEvent]) -> RoutingBatch:
+        """The streams of the batch's leads that routing may act on, in workspaces that route
+        (the others: no read)."""
+        books = {w: await self._book(w) for w in {e.workspace for e in events}}
+        return RoutingBatch(await FirstReads.of(self.store, [
+            e for e in events if (book := books[e.workspace]) is not None
+            and not isinstance(e.event, OWNER_CHANGES)
+            and not (isinstance(e.event, LeadScored) and not band_needs_follow_up(e.event, book))
+        ]))
 
-    async def react(self, recorded: RecordedEvent, prepared: FirstReads) -> None:
+    async def react(self, recorded: RecordedEvent, prepared: RoutingBatch) -> None:
         book = await self._book(recorded.workspace)
         if book is None:
             return
-        stream = await prepared.stream(self.store, recorded.workspace, recorded.stream_id)
+        lead = (recorded.workspace, recorded.stream_id)
+        match recorded.event:
+            case LeadAssigned(owner=owner) | LeadOwnerAssigned(owner=owner):
+                (prepared.owned.add if owner is not None else prepared.owned.discard)(lead)
+                return
+            case LeadScored() as scored if not band_needs_follow_up(scored, book):
+                return
+            case LeadEnriched() if lead in prepared.owned:
+                return
+        stream = await prepared.reads.stream(self.store, *lead)
         facts = fold_facts(stream.events)
         if facts.state.status != ACTIVE:
             return
         if isinstance(recorded.event, LeadScored):
-            await self._band_follow_up(recorded, stream.events, book, facts.state)
+            await self._band_follow_up(recorded, stream, book, facts.state)
             return
+        if facts.state.owner is not None:
+            prepared.owned.add(lead)
         if isinstance(recorded.event, LeadEnriched) and facts.state.owner is not None:
             return
         compiled = await self.rules.get(recorded.workspace, book)
@@ -250,6 +287,8 @@ class RoutingReactor:
             waiting or derived_id(recorded.event_id, "task"),
         )
         await self._carry_out(recorded, stored, book, facts.state, tasks, stream)
+        if stored.decision.owner is not None:
+            prepared.owned.add(lead)
 
     async def _carry_out(
         self, cause: RecordedEvent, stored: StoredDecision, book: RoutingBook,
@@ -287,12 +326,12 @@ class RoutingReactor:
                                        before=first, stream=stream)
 
     async def _band_follow_up(
-        self, cause: RecordedEvent, events: Sequence[RecordedEvent], book: RoutingBook,
-        state: LeadState,
+        self, cause: RecordedEvent, stream: Stream, book: RoutingBook, state: LeadState,
     ) -> None:
+        """`stream`: the lead as `react` read it, so the command need not read it again."""
         event = cause.event
         assert isinstance(event, LeadScored)
-        before = previous_band(events, cause.version)
+        before = previous_band(stream.events, cause.version)
         minutes = book.sla.by_band.get(event.band) if event.band is not None else None
         if event.band == before or minutes is None or (state.owner is None and
                                                        state.queue is None):
@@ -306,6 +345,7 @@ class RoutingReactor:
         )
         self.appended += await execute(
             self.commands, cause, command, derived_id(cause.event_id, "open-band-task"), reason,
+            stream=stream,
         )
 
 
