@@ -17,6 +17,8 @@ creates then commit or roll back together, as an atomic batch does.
 
 from __future__ import annotations
 
+import asyncio
+import random
 import uuid
 from collections.abc import Callable, Sequence
 from datetime import datetime
@@ -62,6 +64,9 @@ from schema.positions import LogPosition
 
 RAISE, FLAG = "raise", "flag"
 EXACT_SCORE = 100.0
+FIRST_RETRY_WAIT_S = 0.01
+"""At most this long (random) before a write that lost a race is tried again: writers that
+collided do not collide again in step."""
 """An exact identity match, on the fuzzy matcher's 0–100 scale."""
 
 Plan = Callable[[LeadState], Sequence[LeadCommand]]
@@ -149,13 +154,22 @@ class LeadCommands:
         `known`: the lead's stream as the caller just read it (a processor that looked at the
         lead before deciding to act), used instead of reading it again on the first attempt;
         if the lead moved on since, the append conflicts and the retry reads it afresh."""
-        async for attempt in self._retrying(expected_version):
+        try:
+            # The first attempt outside tenacity: most commands land on it, and building the
+            # retry machinery for every command cost more than the command's own decision.
+            return await self._once(
+                workspace, lead_id, plan, metadata, expected_version, event_ids, on_duplicate,
+                assume_new=True, conn=conn, command_ids=command_ids, known=known,
+            )
+        except ConcurrencyError:
+            if expected_version is not None or self.attempts <= 1:
+                raise
+        await asyncio.sleep(random.uniform(0, FIRST_RETRY_WAIT_S))
+        async for attempt in self._retrying(None, tries=self.attempts - 1):
             with attempt:
                 return await self._once(
                     workspace, lead_id, plan, metadata, expected_version, event_ids,
-                    on_duplicate, assume_new=attempt.retry_state.attempt_number == 1, conn=conn,
-                    command_ids=command_ids,
-                    known=known if attempt.retry_state.attempt_number == 1 else None,
+                    on_duplicate, assume_new=False, conn=conn, command_ids=command_ids,
                 )
         raise AssertionError("unreachable")
 
@@ -203,9 +217,13 @@ class LeadCommands:
                 return await self._merge_once(workspace, survivor_id, absorbed_id, metadata)
         raise AssertionError("unreachable")
 
-    def _retrying(self, expected_version: int | None) -> AsyncRetrying:
+    def _retrying(self, expected_version: int | None, tries: int | None = None) -> AsyncRetrying:
+        """Retries a write that lost a race (ConcurrencyError) on a fresh read, `tries` times in
+        all (default: the commands' attempts), after a short random wait that grows."""
+        if tries is None:
+            tries = 1 if expected_version is not None else self.attempts
         return AsyncRetrying(
-            stop=stop_after_attempt(1 if expected_version is not None else self.attempts),
+            stop=stop_after_attempt(tries),
             wait=wait_random_exponential(multiplier=0.005, max=0.1),
             retry=retry_if_exception_type(ConcurrencyError),
             reraise=True,

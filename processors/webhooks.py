@@ -29,6 +29,7 @@ from processors.webhook_events import (
     is_lead_event,
     subscribed,
     webhook_id,
+    webhook_type,
 )
 from processors.webhook_filters import compile_filter, matches
 
@@ -63,20 +64,21 @@ class WebhooksReactor:
                 await webhook_deliveries.record(conn, recorded, chosen)
 
     def choose(self, recorded: RecordedEvent, endpoints: list[Endpoint]) -> list[NewDelivery]:
-        payload = build_payload(recorded)
+        event_type = webhook_type(recorded.event.event_type)
+        candidates = [e for e in endpoints if e.created_at <= recorded.recorded_at
+                      and subscribed(e.event_types, event_type)]
+        if not candidates:
+            return []  # most events of most endpoints: no payload to build
         context: dict[str, Any] | None = None
         chosen = []
-        for endpoint in endpoints:
-            if endpoint.created_at > recorded.recorded_at:
-                continue
-            if not subscribed(endpoint.event_types, payload.type):
-                continue
+        for endpoint in candidates:
             if endpoint.filter is not None:
-                context = context if context is not None else filter_context(payload)
+                context = context if context is not None else filter_context(
+                    build_payload(recorded))
                 if not matches(self._program(endpoint.id, endpoint.filter), context):
                     continue
             chosen.append(NewDelivery(
-                endpoint.id, webhook_id(endpoint.id, recorded.event_id), payload.type
+                endpoint.id, webhook_id(endpoint.id, recorded.event_id), event_type
             ))
         return chosen
 
