@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
+import re
 from collections import deque
 from collections.abc import AsyncIterator
 
@@ -34,6 +35,7 @@ import nats.errors
 import structlog
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
+from nats.js import JetStreamContext
 from nats.js.api import ConsumerConfig, DeliverPolicy
 
 from ledger.envelopes import from_cloudevent
@@ -52,6 +54,9 @@ SUBSCRIBE_WAIT_S = 2.0
 (it then reads the ledger at its idle looks until the feed is back)."""
 HEARTBEAT_S = 2.0
 """The consumer's idle heartbeat: two missed ones make nats-py recreate it."""
+LEGACY_CONSUMERS = re.compile(r"projection-(lead|duplicates|scoring|score-history|tasks|reactor-.+)")
+"""The durable consumers runners had before the feed (one per runner): nothing pulls from them
+any more, so the first feed to subscribe deletes them from the stream."""
 
 
 class Delivered(msgspec.Struct, frozen=True):
@@ -188,6 +193,7 @@ class Feed:
         js = nc.jetstream()
         await ensure_stream(js, self.stream, self.prefix, max_age_s=self.max_age_s,
                             duplicate_window_s=self.duplicate_window_s)
+        await self._delete_legacy_consumers(js)
         last = (await js.stream_info(self.stream)).state.last_seq
         psub = await js.subscribe(
             stream_subjects(self.prefix), stream=self.stream, cb=self._on_message,
@@ -204,6 +210,13 @@ class Feed:
         self._live.set()
         for inbox in self._inboxes:
             inbox.wake_to_resync()
+
+    async def _delete_legacy_consumers(self, js: JetStreamContext) -> None:
+        for info in await js.consumers_info(self.stream):
+            name = info.config.durable_name or info.name
+            if name and LEGACY_CONSUMERS.fullmatch(name):
+                await js.delete_consumer(self.stream, name)
+                log.info("legacy consumer deleted", stream=self.stream, consumer=name)
 
     async def _on_message(self, msg: Msg) -> None:
         try:

@@ -378,3 +378,27 @@ async def _create(store, first: int, n: int) -> None:
     for k in range(first, first + n):
         created = LeadCreated(lead_id=f"L{k:03d}", fields=LeadFields(), stage="lead")
         await store.append("ws-a", f"L{k:03d}", 0, [NewEvent(created)], META)
+
+
+async def test_the_feed_deletes_the_durable_consumers_runners_had_before_it(infra):
+    """An upgrade: each runner used to have a durable consumer. Nothing pulls from them now, so
+    the feed removes them; a downstream consumer's durable is left alone."""
+    from nats.js.api import ConsumerConfig
+
+    from ledger.jetstream import ensure_stream
+    from tests.pipeline_support import DUPLICATE_WINDOW_S, MAX_AGE_S
+
+    nc = await nats.connect(infra.nats_url)
+    try:
+        js = nc.jetstream()
+        await ensure_stream(js, infra.stream, infra.subject_prefix, max_age_s=MAX_AGE_S,
+                            duplicate_window_s=DUPLICATE_WINDOW_S)
+        for name in ("projection-lead", "projection-reactor-enrich-p0of2", "my-crm"):
+            await js.add_consumer(infra.stream, ConsumerConfig(durable_name=name))
+        async with make_feed(infra).listen():
+            pass
+        left = {c.name for c in await js.consumers_info(infra.stream)}
+    finally:
+        await nc.close()
+    assert "my-crm" in left
+    assert not left & {"projection-lead", "projection-reactor-enrich-p0of2"}
