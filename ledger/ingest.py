@@ -33,6 +33,7 @@ from schema.commands import (
     ChangeLeadAttributes,
     ChangeLeadFields,
     CreateLead,
+    LeadCommand,
     SuspectDuplicate,
     TagLead,
 )
@@ -117,9 +118,14 @@ class Ingestor:
         if matches and policy.fuzzy_policy == "merge":
             return await self._merge_into(workspace, matches[0].lead_id, command, metadata,
                                           normalized.unmapped, conn)
+        # The lead and what it likely duplicates in one write: one version, one statement.
+        plan: list[LeadCommand] = [command, *(
+            SuspectDuplicate(other_id=m.lead_id, score=m.score, matched=m.matched)
+            for m in matches
+        )]
         try:
-            result = await self.commands.execute(
-                workspace, lead.lead_id, command, metadata, event_ids=event_ids,
+            result = await self.commands.execute_plan(
+                workspace, lead.lead_id, lambda _state: plan, metadata, event_ids=event_ids,
                 on_duplicate=FLAG if policy.exact_policy == "flag" else RAISE, conn=conn,
             )
         except DuplicateLead as duplicate:
@@ -127,12 +133,6 @@ class Ingestor:
                 raise
             return await self._merge_into(workspace, duplicate.existing_id, command, metadata,
                                           normalized.unmapped, conn)
-        for match in matches:
-            result = await self.commands.execute(
-                workspace, lead.lead_id,
-                SuspectDuplicate(other_id=match.lead_id, score=match.score, matched=match.matched),
-                metadata, conn=conn,
-            )
         return IngestResult(outcome=CREATED, result=result, duplicates=tuple(matches),
                             unmapped=normalized.unmapped)
 

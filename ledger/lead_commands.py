@@ -283,11 +283,12 @@ class LeadCommands:
         self, workspace: str, lead_id: str, plan: Plan, expected_version: int | None,
         assume_new: bool, conn: psycopg.AsyncConnection | None = None,
     ) -> Stream:
-        """A create skips reading its (normally empty) stream: the append at version 0 proves
-        the lead is new, and a retry after a conflict reads it for real."""
+        """A create (with whatever else its write decides, such as duplicates it is suspected
+        of) skips reading its (normally empty) stream: the append at version 0 proves the lead
+        is new, and a retry after a conflict reads it for real."""
         if assume_new and expected_version in (None, 0):
             commands = plan(INITIAL)
-            if len(commands) == 1 and isinstance(commands[0], CreateLead):
+            if commands and isinstance(commands[0], CreateLead):
                 return Stream(lead_id, 0, [], None)
         return await self.store.read_stream(workspace, lead_id, conn=conn)
 

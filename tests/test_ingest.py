@@ -130,6 +130,11 @@ async def test_fuzzy_duplicate_is_flagged_by_default_and_can_be_rejected(ingesto
                                                company="ACME"), META, quality)
     assert flagged.duplicates and flagged.duplicates[0].lead_id == "L1"
     assert "L1" in flagged.result.state.suspected_duplicates
+    # the lead and its suspicion are one write: one transaction, the result has every event
+    stream = await ingestor.commands.store.read_stream("ws", "L2")
+    assert len({r.transaction_id for r in stream.events}) == 1
+    assert [type(e).__name__ for e in flagged.result.events][-1] == "LeadDuplicateSuspected"
+    assert flagged.result.state.version == len(flagged.result.events) == stream.version
     with pytest.raises(DuplicateLead) as err:
         await ingestor.create("ws", lead("L3", first_name="John", last_name="Smyth",
                                          company="Acme"), META, quality,
