@@ -144,20 +144,36 @@ class Relay:
                         await nc.close()
 
     async def _pump(self, js: JetStreamContext, stop: asyncio.Event) -> None:
-        checkpoint = await read_checkpoint(self.lease.conn, RELAY)
+        checkpoint = saved = await read_checkpoint(self.lease.conn, RELAY)
+        saved_at = time.monotonic()
         log.info("relaying", after=checkpoint.token(), stream=self.stream)
-        while not stop.is_set():
-            # Drained before reading, so a NOTIFY arriving after the read wakes the next one.
-            await _drain_notifies(self.lease.conn)
-            events = await self.store.read_all(checkpoint, self.batch_size)
-            if events:
-                await self._publish(js, self._messages(events, checkpoint), stop)
-                checkpoint = events[-1].log_position
-                # Through the lease connection: if the lease is gone, this fails.
-                await advance_checkpoint(self.lease.conn, RELAY, checkpoint)
-                log.debug("relayed", events=len(events), checkpoint=checkpoint.token())
-            if len(events) < self.batch_size:
-                await self._wait_for_appends(stop, busy=bool(events))
+        try:
+            while not stop.is_set():
+                # Drained before reading, so a NOTIFY arriving after the read wakes the next.
+                await _drain_notifies(self.lease.conn)
+                events = await self.store.read_all(checkpoint, self.batch_size)
+                if events:
+                    await self._publish(js, self._messages(events, checkpoint), stop)
+                    checkpoint = events[-1].log_position
+                    log.debug("relayed", events=len(events), checkpoint=checkpoint.token())
+                # Written at a quiet moment or every CHECKPOINT_EVERY_S, not after every batch:
+                # under load that write was a fifth of each publishing round, which every
+                # event waits for. A restart republishes at most that much, which JetStream
+                # drops as duplicates (the window is far longer).
+                if checkpoint != saved and (
+                        not events or time.monotonic() - saved_at >= CHECKPOINT_EVERY_S):
+                    saved, saved_at = await self._save(checkpoint), time.monotonic()
+                if len(events) < self.batch_size:
+                    await self._wait_for_appends(stop, busy=bool(events))
+        finally:
+            if checkpoint != saved and stop.is_set():
+                with contextlib.suppress(psycopg.Error, OSError):
+                    await self._save(checkpoint)
+
+    async def _save(self, checkpoint: LogPosition) -> LogPosition:
+        # Through the lease connection: if the lease is gone, this fails.
+        await advance_checkpoint(self.lease.conn, RELAY, checkpoint)
+        return checkpoint
 
     def _messages(self, events: list[RecordedEvent], previous: LogPosition) -> list[Message]:
         messages = []
@@ -236,6 +252,9 @@ class Relay:
 
 
 BUSY_POLL_S = 0.05
+CHECKPOINT_EVERY_S = 0.25
+"""The longest the relay's stored checkpoint trails what it published while events keep
+coming (a quiet moment writes it at once)."""
 
 
 async def _drain_notifies(conn: psycopg.AsyncConnection) -> None:

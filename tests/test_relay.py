@@ -126,3 +126,26 @@ async def test_without_nats_the_relay_keeps_its_place_and_still_stops_promptly(
         started = time.monotonic()
         stop.set()
     assert time.monotonic() - started < 5
+
+
+async def test_the_checkpoint_is_written_at_quiet_moments_not_after_every_batch(
+    infra, store, pool
+):
+    """A backlog published batch after batch writes its checkpoint a few times, not once a
+    batch (each write was a transaction every published event waited for); once the ledger is
+    quiet the stored checkpoint is the last event published."""
+    written = await write_leads(store, 60)
+    relay = make_relay(infra, store, pool, batch_size=10)
+    saves: list[LogPosition] = []
+    save = relay._save
+
+    async def counted(checkpoint: LogPosition) -> LogPosition:
+        saves.append(checkpoint)
+        return await save(checkpoint)
+
+    relay._save = counted
+    async with running(relay):
+        await eventually(lambda: relay_done(pool, store), 20, "the relay to publish")
+    batches = -(-written // 10)
+    assert 1 <= len(saves) < batches / 2
+    assert saves[-1] == (await read_ledger(store))[-1].log_position
