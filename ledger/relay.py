@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import random
 import time
+from collections import deque
 
 import msgspec
 import nats.errors
@@ -85,6 +86,22 @@ class Message(msgspec.Struct, frozen=True):
     headers: dict[str, str]
 
 
+class _Sent(msgspec.Struct):
+    """A batch published and not yet known to be acknowledged."""
+
+    last: LogPosition
+    messages: list[Message]
+    futures: list[asyncio.Future]
+
+    @property
+    def acknowledged(self) -> bool:
+        return all(f.done() for f in self.futures)
+
+    def cancel(self) -> None:
+        for future in self.futures:
+            future.cancel()  # frees the client's pending slots; no-op if done
+
+
 class Relay:
     def __init__(
         self,
@@ -145,17 +162,26 @@ class Relay:
 
     async def _pump(self, js: JetStreamContext, stop: asyncio.Event) -> None:
         checkpoint = saved = await read_checkpoint(self.lease.conn, RELAY)
+        sent = checkpoint  # the last event published; `checkpoint`: the last acknowledged
+        in_flight: deque[_Sent] = deque()
         saved_at = time.monotonic()
         log.info("relaying", after=checkpoint.token(), stream=self.stream)
         try:
             while not stop.is_set():
                 # Drained before reading, so a NOTIFY arriving after the read wakes the next.
                 await _drain_notifies(self.lease.conn)
-                events = await self.store.read_all(checkpoint, self.batch_size)
+                events = await self.store.read_all(sent, self.batch_size)
                 if events:
-                    await self._publish(js, self._messages(events, checkpoint), stop)
-                    checkpoint = events[-1].log_position
-                    log.debug("relayed", events=len(events), checkpoint=checkpoint.token())
+                    messages = self._messages(events, sent)
+                    in_flight.append(_Sent(events[-1].log_position, messages,
+                                           await self._send(js, messages)))
+                    sent = events[-1].log_position
+                    log.debug("relayed", events=len(events), sent=sent.token())
+                # Acknowledgements are collected while the next batch is read and sent (the
+                # connection keeps the order); waited for when quiet or too many are out.
+                while in_flight and (not events or len(in_flight) > MAX_IN_FLIGHT
+                                     or in_flight[0].acknowledged):
+                    checkpoint = await self._settle(js, in_flight, stop)
                 # Written at a quiet moment or every CHECKPOINT_EVERY_S, not after every batch:
                 # under load that write was a fifth of each publishing round, which every
                 # event waits for. A restart republishes at most that much, which JetStream
@@ -166,9 +192,29 @@ class Relay:
                 if len(events) < self.batch_size:
                     await self._wait_for_appends(stop, busy=bool(events))
         finally:
+            for batch in in_flight:
+                batch.cancel()
             if checkpoint != saved and stop.is_set():
                 with contextlib.suppress(psycopg.Error, OSError):
                     await self._save(checkpoint)
+
+    async def _settle(self, js: JetStreamContext, in_flight: deque[_Sent],
+                      stop: asyncio.Event) -> LogPosition:
+        """Waits for the oldest batch's acknowledgements; returns the position acknowledged.
+        A batch that failed is published again with every batch sent after it, in order
+        (JetStream drops the ids it already stored)."""
+        batch = in_flight.popleft()
+        try:
+            await self._acknowledged(batch.futures)
+            return batch.last
+        except _RETRYABLE as exc:
+            log.warning("publish failed, sending again", error=repr(exc))
+        again = [batch, *in_flight]
+        in_flight.clear()
+        for other in again:
+            other.cancel()
+        await self._publish(js, [m for b in again for m in b.messages], stop)
+        return again[-1].last
 
     async def _save(self, checkpoint: LogPosition) -> LogPosition:
         # Through the lease connection: if the lease is gone, this fails.
@@ -212,22 +258,24 @@ class Relay:
                 await self._publish_once(js, messages)
 
     async def _publish_once(self, js: JetStreamContext, messages: list[Message]) -> None:
-        """Publishes in order without waiting in between (one connection keeps the order),
-        then waits for every PubAck."""
-        futures: list[asyncio.Future] = []
+        futures = await self._send(js, messages)
         try:
-            for m in messages:
-                futures.append(
-                    await js.publish_async(
-                        m.subject, m.payload, headers=m.headers
-                    )
-                )
-            done = await asyncio.wait_for(
-                asyncio.gather(*futures, return_exceptions=True), self.ack_timeout_s
-            )
+            await self._acknowledged(futures)
         finally:
             for future in futures:
                 future.cancel()  # frees the client's pending slots on timeout; no-op if done
+
+    @staticmethod
+    async def _send(js: JetStreamContext, messages: list[Message]) -> list[asyncio.Future]:
+        """Publishes in order without waiting in between (one connection keeps the order);
+        the futures resolve to the PubAcks."""
+        return [await js.publish_async(m.subject, m.payload, headers=m.headers)
+                for m in messages]
+
+    async def _acknowledged(self, futures: list[asyncio.Future]) -> None:
+        done = await asyncio.wait_for(
+            asyncio.gather(*futures, return_exceptions=True), self.ack_timeout_s
+        )
         for result in done:
             if isinstance(result, BaseException):
                 raise result
@@ -252,6 +300,8 @@ class Relay:
 
 
 BUSY_POLL_S = 0.05
+MAX_IN_FLIGHT = 4
+"""Batches published whose acknowledgements the relay has not waited for yet, at most."""
 CHECKPOINT_EVERY_S = 0.25
 """The longest the relay's stored checkpoint trails what it published while events keep
 coming (a quiet moment writes it at once)."""

@@ -149,3 +149,30 @@ async def test_the_checkpoint_is_written_at_quiet_moments_not_after_every_batch(
     batches = -(-written // 10)
     assert 1 <= len(saves) < batches / 2
     assert saves[-1] == (await read_ledger(store))[-1].log_position
+
+
+async def test_a_batch_whose_acknowledgement_fails_is_sent_again_with_those_after_it(
+    infra, store, pool
+):
+    """Batches go out without waiting for the previous one's PubAcks. When one of them is not
+    acknowledged in time, it and every batch sent after it go out again, in order: the stream
+    holds each event once, in ledger order (JetStream drops the ids it already has)."""
+    written = await write_leads(store, 40)
+    relay = make_relay(infra, store, pool, batch_size=10)
+    acknowledged = relay._acknowledged
+    failed: list[int] = []
+
+    async def flaky(futures):
+        if not failed:
+            failed.append(len(futures))
+            raise TimeoutError("no PubAck in time")
+        return await acknowledged(futures)
+
+    relay._acknowledged = flaky
+    async with running(relay):
+        await eventually(lambda: relay_done(pool, store), 20, "the relay to publish")
+    content = await stream_content(infra.nats_url, infra.stream, infra.subject_prefix)
+    ledger = await read_ledger(store)
+    assert failed == [10]
+    assert [e.id for e in content.envelopes] == [r.event_id for r in ledger]
+    assert len(ledger) == written
