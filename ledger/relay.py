@@ -163,6 +163,7 @@ class Relay:
     async def _pump(self, js: JetStreamContext, stop: asyncio.Event) -> None:
         checkpoint = saved = await read_checkpoint(self.lease.conn, RELAY)
         sent = checkpoint  # the last event published; `checkpoint`: the last acknowledged
+        sent_id: str | None = None
         in_flight: deque[_Sent] = deque()
         saved_at = time.monotonic()
         log.info("relaying", after=checkpoint.token(), stream=self.stream)
@@ -172,10 +173,10 @@ class Relay:
                 await _drain_notifies(self.lease.conn)
                 events = await self.store.read_all(sent, self.batch_size)
                 if events:
-                    messages = self._messages(events, sent)
+                    messages = self._messages(events, sent, sent_id)
                     in_flight.append(_Sent(events[-1].log_position, messages,
                                            await self._send(js, messages)))
-                    sent = events[-1].log_position
+                    sent, sent_id = events[-1].log_position, events[-1].event_id
                     log.debug("relayed", events=len(events), sent=sent.token())
                 # Acknowledgements are collected while the next batch is read and sent (the
                 # connection keeps the order); waited for when quiet or too many are out.
@@ -202,7 +203,7 @@ class Relay:
                       stop: asyncio.Event) -> LogPosition:
         """Waits for the oldest batch's acknowledgements; returns the position acknowledged.
         A batch that failed is published again with every batch sent after it, in order
-        (JetStream drops the ids it already stored)."""
+        (JetStream drops the ids it already stored, and refused those after a lost one)."""
         batch = in_flight.popleft()
         try:
             await self._acknowledged(batch.futures)
@@ -221,7 +222,13 @@ class Relay:
         await advance_checkpoint(self.lease.conn, RELAY, checkpoint)
         return checkpoint
 
-    def _messages(self, events: list[RecordedEvent], previous: LogPosition) -> list[Message]:
+    def _messages(self, events: list[RecordedEvent], previous: LogPosition,
+                  previous_id: str | None) -> list[Message]:
+        """`previous_id`: the event this session published just before (None: none yet).
+        Each message names it as the stream's expected last message id, so JetStream refuses a
+        message whose predecessor never arrived (a publish lost while later ones went out):
+        the stream stays in ledger order however many batches are in flight. It drops a
+        repeated id before looking at that, so a batch sent again is not refused."""
         messages = []
         for recorded in events:
             envelope = to_cloudevent(recorded, previous)
@@ -229,8 +236,10 @@ class Relay:
                 self.prefix, recorded.workspace, recorded.stream_id, recorded.event.event_type
             )
             headers = {"Nats-Msg-Id": recorded.event_id}
+            if previous_id is not None:
+                headers["Nats-Expected-Last-Msg-Id"] = previous_id
             messages.append(Message(subject, encode_envelope(envelope), headers))
-            previous = recorded.log_position
+            previous, previous_id = recorded.log_position, recorded.event_id
         return messages
 
     async def _publish(

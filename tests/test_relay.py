@@ -176,3 +176,32 @@ async def test_a_batch_whose_acknowledgement_fails_is_sent_again_with_those_afte
     assert failed == [10]
     assert [e.id for e in content.envelopes] == [r.event_id for r in ledger]
     assert len(ledger) == written
+
+
+async def test_a_publish_lost_while_later_ones_went_out_leaves_the_stream_in_order(
+    infra, store, pool
+):
+    """A message lost in flight (a connection dropped mid-batch) while the next ones reach
+    JetStream: each message names its predecessor as the stream's expected last id, so
+    JetStream refuses the later ones instead of storing them ahead of it, and the relay sends
+    the batch again. The stream holds every event once, in ledger order."""
+    written = await write_leads(store, 40)
+    relay = make_relay(infra, store, pool, batch_size=10)
+    send = relay._send
+    calls: list[int] = []
+
+    async def lossy(js, messages):
+        calls.append(len(messages))
+        if len(calls) != 2:
+            return await send(js, messages)
+        lost = asyncio.get_running_loop().create_future()
+        lost.set_exception(TimeoutError("never acknowledged"))
+        return [lost, *await send(js, messages[1:])]  # the first never reached the server
+
+    relay._send = lossy
+    async with running(relay):
+        await eventually(lambda: relay_done(pool, store), 20, "the relay to publish")
+    content = await stream_content(infra.nats_url, infra.stream, infra.subject_prefix)
+    ledger = await read_ledger(store)
+    assert [e.id for e in content.envelopes] == [r.event_id for r in ledger]
+    assert len(ledger) == written and len(calls) > 2
