@@ -182,6 +182,9 @@ class Feed:
                 failures += 1
                 log.warning("feed lost NATS; runners read the ledger meanwhile",
                             feed=self.name, error=repr(exc))
+            except Exception:  # a bug must not leave the process without a feed
+                failures += 1
+                log.exception("feed failed; runners read the ledger meanwhile", feed=self.name)
             finally:
                 self._live.clear()
                 if nc is not None:

@@ -402,3 +402,26 @@ async def test_the_feed_deletes_the_durable_consumers_runners_had_before_it(infr
         await nc.close()
     assert "my-crm" in left
     assert not left & {"projection-lead", "projection-reactor-enrich-p0of2"}
+
+
+async def test_a_feed_that_fails_to_subscribe_tries_again(infra):
+    """Whatever ends a subscription attempt (NATS, or a bug), the feed tries again with a
+    backoff instead of leaving the process's runners on the ledger alone."""
+    feed = make_feed(infra)
+    subscribe = feed._subscribe
+    failed: list[str] = []
+
+    async def first_fails(nc):
+        if not failed:
+            failed.append("once")
+            raise RuntimeError("unexpected")
+        await subscribe(nc)
+
+    feed._subscribe = first_fails
+    async with feed.listen():
+        await eventually(lambda: _is_live(feed), 10, "the feed to subscribe")
+    assert failed == ["once"] and feed.subscriptions == 1
+
+
+async def _is_live(feed) -> bool:
+    return feed.live
