@@ -95,7 +95,7 @@ def owns(lead_id: str, partition: int, partitions: int) -> bool:
 
 
 def reader_name(reactor: str, partition: int = 0, partitions: int = 1) -> str:
-    """The lease, checkpoint and NATS durable name of one partition of a reactor."""
+    """The lease and checkpoint name of one partition of a reactor."""
     suffix = "" if partitions == 1 else f"-p{partition}of{partitions}"
     return f"reactor-{reactor}{suffix}"
 
