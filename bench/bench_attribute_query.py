@@ -26,12 +26,10 @@ import sys
 import time
 from typing import Any
 
-import msgspec
 import psycopg
 from psycopg import sql
 
 from bench.common import (
-    RESULTS_DIR,
     BenchServer,
     Figure,
     Results,
@@ -42,6 +40,7 @@ from bench.common import (
     now_iso,
     prefer_system_postgres,
     quiet_logs,
+    rerender,
     update_results_md,
     write_results,
 )
@@ -173,9 +172,7 @@ def main() -> None:
                         help="only rewrite the RESULTS.md section from the JSON")
     args = parser.parse_args()
     if args.from_json:
-        results = msgspec.json.decode((RESULTS_DIR / "attribute_query.json").read_bytes(),
-                                      type=Results)
-        update_results_md("attribute_query", markdown(results))
+        rerender("attribute_query", markdown)
         return
     prefer_system_postgres()
     quiet_logs()

@@ -37,7 +37,6 @@ import psycopg
 
 from bench.bench_pipeline import FIRST, LAST
 from bench.common import (
-    RESULTS_DIR,
     BenchServer,
     Figure,
     Results,
@@ -48,6 +47,7 @@ from bench.common import (
     now_iso,
     prefer_system_postgres,
     quiet_logs,
+    rerender,
     update_results_md,
     write_results,
 )
@@ -164,9 +164,7 @@ def main() -> None:
     parser.add_argument("--from-json", action="store_true")
     args = parser.parse_args()
     if args.from_json:
-        results = msgspec.json.decode((RESULTS_DIR / "candidates.json").read_bytes(),
-                                      type=Results)
-        update_results_md("candidates", markdown(results))
+        rerender("candidates", markdown)
         return
     prefer_system_postgres()
     quiet_logs()

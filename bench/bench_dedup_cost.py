@@ -44,6 +44,7 @@ from bench.common import (
     machine_markdown,
     now_iso,
     quiet_logs,
+    rerender,
     update_results_md,
     write_results,
 )
@@ -61,11 +62,7 @@ def main() -> None:
                         help="only rewrite the RESULTS.md section from the JSON")
     args = parser.parse_args()
     if args.from_json:
-        from bench.common import RESULTS_DIR
-
-        results = msgspec.json.decode((RESULTS_DIR / "dedup_cost.json").read_bytes(),
-                                      type=Results)
-        update_results_md("dedup_cost", markdown(results))
+        rerender("dedup_cost", markdown)
         return
     if shutil.which("wrk") is None:
         raise SystemExit("wrk not found: apt-get install wrk")

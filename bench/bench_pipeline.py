@@ -47,8 +47,6 @@ import httpx
 import msgspec
 import psycopg
 
-from bench.measure import _HZ, _tree_jiffies
-from schema.envelope import subject_token
 from bench.common import (
     BenchServer,
     Comparison,
@@ -58,9 +56,12 @@ from bench.common import (
     load_average,
     machine_markdown,
     now_iso,
+    rerender,
     update_results_md,
     write_results,
 )
+from bench.measure import _HZ, _tree_jiffies
+from schema.envelope import subject_token
 
 TARGETS_MS = {"enriched": 250.0, "scored": 250.0, "assigned": 250.0, "webhook": 500.0}
 """Issue #6: p99 ≤ 250 ms for (a)-(c), ≤ 500 ms for (d); issue #5: score visible p99 ≤ 1 s."""
@@ -399,10 +400,7 @@ def main() -> None:
     parser.add_argument("--from-json", action="store_true")
     args = parser.parse_args()
     if args.from_json:
-        from bench.common import RESULTS_DIR
-
-        results = msgspec.json.decode((RESULTS_DIR / "pipeline.json").read_bytes(), type=Results)
-        update_results_md("pipeline", markdown(results))
+        rerender("pipeline", markdown)
         return
     nats_url = os.environ.get("LEADLEDGER_BENCH_NATS_URL", "nats://127.0.0.1:4222")
     started = load_average()

@@ -15,6 +15,7 @@ import re
 import shutil
 import tempfile
 import warnings
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Self
@@ -277,6 +278,13 @@ def write_results(results: Results, path: Path | None = None) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(msgspec.json.format(msgspec.json.encode(results), indent=2) + b"\n")
     return path
+
+
+def rerender(benchmark: str, markdown: Callable[[Results], str]) -> None:
+    """`--from-json`: rewrites a benchmark's RESULTS.md section from its saved figures
+    (results/NAME.json), without measuring anything."""
+    saved = msgspec.json.decode((RESULTS_DIR / f"{benchmark}.json").read_bytes(), type=Results)
+    update_results_md(benchmark, markdown(saved))
 
 
 def update_results_md(benchmark: str, markdown: str, path: Path = RESULTS_MD) -> None:
